@@ -1,0 +1,60 @@
+"""Talk to chat models from IPython and Jupyter: ``%load_ext flowgpt_magic``, then ``%%flowgpt``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .exceptions import (
+    AnswerInterrupted,
+    ConfigurationError,
+    ConnectionFailedError,
+    ConnectionLostError,
+    FlowGptError,
+    HistoryFileError,
+    HTTPStatusError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestFailedError,
+    ResponseFormatError,
+    ResponseTimeoutError,
+)
+from .provider import FlowGpt
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnswerInterrupted",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "ConnectionLostError",
+    "FlowGpt",
+    "FlowGptError",
+    "HTTPStatusError",
+    "HistoryFileError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "RequestFailedError",
+    "ResponseFormatError",
+    "ResponseTimeoutError",
+    "__version__",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magics import FlowGptMagics
+
+    ipython.register_magics(FlowGptMagics(ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import FlowGptMagics
+
+    magics = ipython.magics_manager.registry.pop(FlowGptMagics.__name__, None)
+    if magics is None:
+        return
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)
+    magics.close()

@@ -1,0 +1,169 @@
+"""A notebook's conversation: the exchanges so far, as plain data, with save and load.
+
+No UI here. Only completed exchanges are ever added, so a failed or interrupted request
+cannot leave half an exchange behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .exceptions import HistoryFileError
+
+FILE_FORMAT = "flowgpt-magic.conversation"
+FILE_VERSION = 1
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    #: The model that wrote an assistant message, when known.
+    model: str | None = None
+
+    def to_wire(self) -> dict[str, str]:
+        """The ``{"role", "content"}`` form providers take."""
+        return {"role": self.role, "content": self.content}
+
+    def to_json(self) -> dict[str, str]:
+        data = self.to_wire()
+        if self.model:
+            data["model"] = self.model
+        return data
+
+
+class Conversation:
+    """The messages exchanged so far, oldest first."""
+
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        self._messages = list(messages)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self._messages)
+
+    def __repr__(self) -> str:
+        return f"<Conversation of {len(self._messages)} messages>"
+
+    @property
+    def exchange_count(self) -> int:
+        return sum(1 for message in self._messages if message.role == "user")
+
+    def add_exchange(self, prompt: str, answer: str, model: str | None = None) -> None:
+        self._messages += [Message("user", prompt), Message("assistant", answer, model)]
+
+    def reset(self) -> None:
+        self._messages.clear()
+
+    def replace_with(self, other: Conversation) -> None:
+        self._messages = list(other)
+
+    def wire_messages(self) -> list[dict[str, str]]:
+        return [message.to_wire() for message in self._messages]
+
+    def transcript(self) -> str:
+        """A readable rendering: who said what, in order."""
+        if not self._messages:
+            return "The conversation is empty."
+        count = self.exchange_count
+        lines = [f"Conversation: {count} exchange{'s' if count != 1 else ''}"]
+        for message in self._messages:
+            if message.role == "user":
+                speaker = "You"
+            elif message.role == "system":
+                speaker = "System"
+            else:
+                speaker = f"Assistant ({message.model})" if message.model else "Assistant"
+            body = message.content.replace("\n", "\n    ")
+            lines.append(f"\n{speaker}:\n    {body}")
+        return "\n".join(lines)
+
+    # -- files -------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "messages": [message.to_json() for message in self._messages],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "the data") -> Conversation:
+        """Validate ``data`` (our file format, or a bare list of messages) and load it."""
+        if isinstance(data, dict):
+            if data.get("format") != FILE_FORMAT:
+                raise HistoryFileError(
+                    f"{source} is not a flowgpt-magic conversation: its 'format' is "
+                    f"{data.get('format')!r}, expected {FILE_FORMAT!r}."
+                )
+            if data.get("version") != FILE_VERSION:
+                raise HistoryFileError(
+                    f"{source} has version {data.get('version')!r}; this flowgpt-magic reads "
+                    f"version {FILE_VERSION}. Upgrade flowgpt-magic to read it."
+                )
+            data = data.get("messages")
+        if not isinstance(data, list):
+            raise HistoryFileError(
+                f"{source} must hold a list of messages, not {type(data).__name__}."
+            )
+        return cls(_message_from_json(item, index, source) for index, item in enumerate(data))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the conversation as JSON, atomically: a crash leaves the old file or the new."""
+        target = Path(path).expanduser()
+        text = json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n"
+        try:
+            fd, temporary = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+            )
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                    stream.write(text)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as error:
+            raise HistoryFileError(
+                f"Could not save the conversation to {target}: {error.strerror or error}."
+            ) from None
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Conversation:
+        source = Path(path).expanduser()
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+            raise HistoryFileError(f"Could not read {source}: {reason}.") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise HistoryFileError(f"{source} is not valid JSON: {error}.") from None
+        return cls.from_json(data, str(source))
+
+
+def _message_from_json(item: Any, index: int, source: str) -> Message:
+    where = f"{source}, message {index}"
+    if not isinstance(item, dict):
+        raise HistoryFileError(f"{where} must be an object, not {type(item).__name__}.")
+    role, content, model = item.get("role"), item.get("content"), item.get("model")
+    if role not in ROLES:
+        raise HistoryFileError(f"{where} has role {role!r}; expected one of {', '.join(ROLES)}.")
+    if not isinstance(content, str):
+        raise HistoryFileError(f"{where} has no string 'content'.")
+    if model is not None and not isinstance(model, str):
+        raise HistoryFileError(f"{where} has a 'model' that is not a string.")
+    return Message(role, content, model)

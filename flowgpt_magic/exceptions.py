@@ -1,0 +1,101 @@
+"""The few error types a user of flowgpt-magic can see.
+
+Every message is one paragraph that says what went wrong and what to do about it.
+All of them derive from :class:`FlowGptError`, so ``except FlowGptError`` catches
+everything this package raises on purpose; no aiohttp exception escapes the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+
+class FlowGptError(Exception):
+    """Base class of every error flowgpt-magic raises on purpose."""
+
+
+class InvalidRequestError(FlowGptError, ValueError):
+    """The request cannot be sent as given (bad model, temperature, messages or option)."""
+
+
+class ModelNotFoundError(InvalidRequestError):
+    """A model name that is neither a known model nor an alias."""
+
+    def __init__(self, name: str, models: Iterable[str], aliases: Mapping[str, str]) -> None:
+        self.name = name
+        known = ", ".join(models)
+        alias_text = ", ".join(f"{alias} -> {target}" for alias, target in aliases.items())
+        hint = f" Aliases: {alias_text}." if alias_text else ""
+        super().__init__(f"Unknown model {name!r}. Known models: {known}.{hint}")
+
+
+class ConfigurationError(FlowGptError, ValueError):
+    """A setting (endpoint URL, proxy, timeout) is malformed."""
+
+
+class RequestFailedError(FlowGptError):
+    """The request was sent, or tried, and did not produce a complete answer."""
+
+
+class ConnectionFailedError(RequestFailedError):
+    """No connection could be made to the endpoint (refused, unresolvable host, proxy)."""
+
+
+class HTTPStatusError(RequestFailedError):
+    """The server answered with a non-2xx status."""
+
+    def __init__(self, message: str, *, status: int, body_excerpt: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class ResponseTimeoutError(RequestFailedError):
+    """The server went silent for longer than the configured limit."""
+
+
+class ResponseFormatError(RequestFailedError):
+    """The server sent something that is not the protocol's NDJSON stream."""
+
+
+class ConnectionLostError(RequestFailedError):
+    """The connection broke while the answer was streaming."""
+
+
+class HistoryFileError(FlowGptError, ValueError):
+    """A conversation file could not be read, parsed or written."""
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any user name and password replaced by ``***``.
+
+    Proxy URLs carry credentials (``http://user:secret@proxy:3128``); nothing we show may
+    contain them.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+class AnswerInterrupted(FlowGptError):
+    """The user stopped an answer (Ctrl-C or the kernel's stop button).
+
+    IPython shows this as one line instead of a traceback: the partial answer is already on
+    screen above it.
+    """
+
+    def __init__(self, characters: int) -> None:
+        super().__init__(
+            f"Interrupted after {characters} characters; the partial answer above was not "
+            "added to the conversation."
+        )
+        self.characters = characters
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[33m⏹ {self}\x1b[0m"]

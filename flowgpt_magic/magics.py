@@ -1,0 +1,250 @@
+"""The IPython magics: parse the options, build a request, stream the answer, record it."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Enum, Float, TraitError, Unicode, validate
+
+from .command import ChatRequest, Defaults, build_request
+from .conversation import Conversation
+from .display import StreamView, open_view
+from .exceptions import AnswerInterrupted, FlowGptError, redact_url
+from .loop import LoopRunner
+from .provider import AsyncResult, FlowGpt, check_temperature
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Show our own errors as IPython's one-line UsageError, never as a traceback."""
+    try:
+        yield
+    except FlowGptError as error:
+        raise UsageError(str(error)) from None
+
+
+def _parse(magic: Any, line: str) -> Any:
+    """Parse a magic's options like a shell would, so that -s "two words" loses its quotes.
+
+    (``magic_arguments.parse_argstring`` splits non-POSIX style and keeps the quotes.)
+    """
+    try:
+        argv = shlex.split(line)
+    except ValueError as error:
+        raise UsageError(f"Cannot read the options {line!r}: {error}.") from None
+    return magic.parser.parse_args(argv)
+
+
+@magics_class
+class FlowGptMagics(Magics):
+    """``%%flowgpt``, ``%flowgpt_model`` and ``%flowgpt_history``.
+
+    Settings are traitlets: ``%config FlowGptMagics.temperature = 0.2`` in a notebook, or
+    ``c.FlowGptMagics.temperature = 0.2`` in ``ipython_config.py``.
+    """
+
+    default_model = Unicode(
+        FlowGpt.default_model,
+        help="Model used when a cell gives no -m; a name or an alias (resolved when set).",
+    ).tag(config=True)
+    temperature = Float(0.7, help="Sampling temperature, from 0 to 2.").tag(config=True)
+    system_message = Unicode(
+        None,
+        allow_none=True,
+        help="System message sent with every cell that gives no -s. None: the provider's own.",
+    ).tag(config=True)
+    api_url = Unicode(
+        None,
+        allow_none=True,
+        help="Full URL of the chat endpoint. None: $FLOWGPT_API_URL if set, else FlowGPT's.",
+    ).tag(config=True)
+    proxy = Unicode(
+        None, allow_none=True, help="HTTP(S) proxy URL, e.g. http://user:password@host:3128."
+    ).tag(config=True)
+    timeout = Float(
+        120.0,
+        allow_none=True,
+        help="Seconds the server may stay silent before the first piece or between pieces "
+        "(None: no limit). There is no limit on a whole answer.",
+    ).tag(config=True)
+    connect_timeout = Float(
+        30.0, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
+    ).tag(config=True)
+    display_mode = Enum(
+        ["auto", "widget", "text"],
+        "auto",
+        help="How answers stream: 'widget' (an output widget, in Jupyter), 'text' (plain "
+        "stdout), or 'auto' (widget in a kernel, text in a terminal).",
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.conversation = Conversation()
+        self._runner = LoopRunner()
+
+    @validate("default_model")
+    def _resolve_default_model(self, proposal: Any) -> str:
+        try:
+            return FlowGpt.get_model(proposal.value)
+        except FlowGptError as error:
+            raise TraitError(str(error)) from None
+
+    @validate("temperature")
+    def _check_temperature(self, proposal: Any) -> float:
+        try:
+            return check_temperature(proposal.value)
+        except FlowGptError as error:
+            raise TraitError(str(error)) from None
+
+    def close(self) -> None:
+        self._runner.close()
+
+    # -- %%flowgpt ---------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-m", "--model", metavar="MODEL", help="Model or alias, for this cell only.")
+    @argument(
+        "-t", "--temperature", metavar="T", help="Temperature from 0 to 2, for this cell only."
+    )
+    @argument("-s", "--system", metavar="TEXT", help="System message, for this cell only.")
+    @argument(
+        "--no-history",
+        action="store_true",
+        help="Send the prompt without the conversation, and do not record the exchange.",
+    )
+    @argument("--reset", action="store_true", help="Start a new conversation with this cell.")
+    @cell_magic
+    def flowgpt(self, line: str, cell: str) -> None:
+        """Ask a chat model: the cell body is the prompt; the answer streams in below.
+
+        Each answered cell joins the notebook's conversation, and later cells send the
+        conversation as context. A failed or interrupted answer is not recorded. See
+        %flowgpt_model and %flowgpt_history.
+        """
+        args = _parse(self.flowgpt, line)
+        with _usage_errors():
+            request = build_request(
+                cell,
+                Defaults(self.default_model, self.temperature, self.system_message),
+                model=args.model,
+                temperature=args.temperature,
+                system=args.system,
+                no_history=args.no_history,
+                reset=args.reset,
+            )
+            answer = FlowGpt.create_async_generator(
+                request.model,
+                request.messages(list(self.conversation)),
+                proxy=self.proxy,
+                temperature=request.temperature,
+                api_url=self.api_url,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+            )
+        text = self._stream(answer, open_view(self._use_widget(), f"Waiting for {request.model}…"))
+        self._record(request, text)
+
+    def _stream(self, answer: AsyncResult, view: StreamView) -> str:
+        pieces: list[str] = []
+
+        async def receive() -> None:
+            async with aclosing(answer):
+                async for piece in answer:
+                    pieces.append(piece)
+                    view.write(piece)
+
+        try:
+            self._runner.run(receive())
+        except KeyboardInterrupt:
+            raise AnswerInterrupted(sum(map(len, pieces))) from None
+        except FlowGptError as error:
+            raise UsageError(str(error)) from None
+        finally:
+            view.finish("".join(pieces))
+        return "".join(pieces)
+
+    def _record(self, request: ChatRequest, answer: str) -> None:
+        if not answer:
+            raise UsageError(
+                "The server ended the answer without any text; nothing was added to the "
+                "conversation. Try again, or another model."
+            )
+        if not request.records:
+            return
+        if request.reset:
+            self.conversation.reset()
+        self.conversation.add_exchange(request.prompt, answer, request.model)
+
+    def _use_widget(self) -> bool:
+        if self.display_mode != "auto":
+            return self.display_mode == "widget"
+        return getattr(self.shell, "kernel", None) is not None
+
+    # -- %flowgpt_model ----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="Model name or alias to make the notebook's default.")
+    @line_magic
+    def flowgpt_model(self, line: str) -> None:
+        """Show the default model and every model with its aliases, or set the default."""
+        args = _parse(self.flowgpt_model, line)
+        if args.name is None:
+            print(self._model_listing())
+            return
+        with _usage_errors():
+            model = FlowGpt.get_model(args.name)
+        self.default_model = model
+        via = f" (alias {args.name!r})" if args.name != model else ""
+        print(f"Default model is now {model}{via}.")
+
+    def _model_listing(self) -> str:
+        lines = [f"Default model: {self.default_model}", "", "Models:"]
+        for model in FlowGpt.models:
+            aliases = FlowGpt.aliases_of(model)
+            note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
+            mark = "*" if model == self.default_model else " "
+            lines.append(f" {mark} {model}{note}")
+        endpoint = self.api_url or "$FLOWGPT_API_URL or FlowGPT's endpoint"
+        lines += ["", f"Endpoint: {redact_url(endpoint)}"]
+        return "\n".join(lines)
+
+    # -- %flowgpt_history --------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--reset", action="store_true", help="Empty the conversation.")
+    @argument("--save", metavar="PATH", help="Write the conversation to PATH as JSON.")
+    @argument("--load", metavar="PATH", help="Replace the conversation with the one in PATH.")
+    @line_magic
+    def flowgpt_history(self, line: str) -> None:
+        """Show the notebook's conversation, or reset, save or load it."""
+        args = _parse(self.flowgpt_history, line)
+        chosen = [flag for flag in ("reset", "save", "load") if getattr(args, flag)]
+        if len(chosen) > 1:
+            raise UsageError(
+                f"Give one of --reset, --save and --load at a time, not {' and '.join(chosen)}."
+            )
+        conversation = self.conversation
+        with _usage_errors():
+            if args.reset:
+                removed = conversation.exchange_count
+                conversation.reset()
+                print(f"The conversation is empty now ({_exchanges(removed)} removed).")
+            elif args.save:
+                path = conversation.save(args.save)
+                print(f"Saved {_exchanges(conversation.exchange_count)} to {path}.")
+            elif args.load:
+                loaded = Conversation.load(args.load)
+                conversation.replace_with(loaded)
+                print(f"Loaded {_exchanges(conversation.exchange_count)} from {args.load}.")
+            else:
+                print(conversation.transcript())
+
+
+def _exchanges(count: int) -> str:
+    return f"{count} exchange{'s' if count != 1 else ''}"
