@@ -13,14 +13,18 @@ Set ``flowgpt_server.state.options.delay`` to make streaming slow enough to watc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .provider import API_URL_ENV
 
+if TYPE_CHECKING:
+    from .server import LocalServer
+
 
 @pytest.fixture
-def flowgpt_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def flowgpt_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalServer]:
     from .server import LocalServer
 
     with LocalServer() as server:

@@ -1,0 +1,207 @@
+"""The extension in real Jupyter kernels: a notebook executed with nbclient, and single cells
+driven with jupyter_client to watch the messages a frontend would receive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager, start_new_kernel
+from nbclient import NotebookClient
+
+from flowgpt_magic.server import LocalServer, answer_pieces, offline_answer
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def closed_port_url() -> str:
+    with LocalServer() as server:
+        return server.url
+
+
+# -- a whole notebook with nbclient -------------------------------------------------------
+
+
+def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
+    failing_url = closed_port_url()
+    sources = [
+        "%load_ext flowgpt_magic",
+        "%%flowgpt\nWhat is a notebook?",  # 1
+        "%%flowgpt\nSay more.",  # 2
+        "%flowgpt_model gemini",  # 3
+        "%%flowgpt -t 0.1\nThird question",  # 4
+        "%flowgpt_history --reset",  # 5
+        "%%flowgpt\nAfter the reset",  # 6
+        f"%config FlowGptMagics.api_url = {failing_url!r}",  # 7
+        "%%flowgpt\nThis one cannot be sent",  # 8
+        "%config FlowGptMagics.api_url = None",  # 9
+        "import asyncio\nawait asyncio.sleep(0)\nprint('top-level await still works')",  # 10
+        "%%flowgpt\nStill there?",  # 11
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.cells[8].metadata["tags"] = ["raises-exception"]
+    NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+
+    bodies = [request.body for request in flowgpt_server.state.requests]
+    assert [body["question"] for body in bodies] == [
+        "What is a notebook?",
+        "Say more.",
+        "Third question",
+        "After the reset",
+        "Still there?",
+    ]
+    assert [len(body["history"]) - 1 for body in bodies] == [0, 2, 4, 0, 2]
+    assert [body["model"] for body in bodies] == ["gpt-3.5-turbo"] * 2 + ["google-gemini"] * 3
+    assert [body["temperature"] for body in bodies] == [0.7, 0.7, 0.1, 0.7, 0.7]
+    assert bodies[4]["history"][1]["content"] == "After the reset"
+
+    # Each answer ends up in the cell as static text (what a saved notebook shows) ...
+    answered = [nb.cells[i] for i in (1, 2, 4, 6, 11)]
+    for cell, body in zip(answered, bodies, strict=True):
+        (output,) = cell.outputs
+        assert output.output_type == "display_data"
+        assert output.data["text/plain"] == offline_answer(body)
+
+    # ... having streamed through an Output widget, whose captured text is the same answer.
+    state = nb.metadata.widgets[WIDGET_STATE]["state"]
+    streamed = [
+        "".join(o["text"] for o in model["state"]["outputs"] if o["output_type"] == "stream")
+        for model in state.values()
+        if model["model_name"] == "OutputModel"
+    ]
+    answers = [offline_answer(body) for body in bodies]
+    assert streamed == [*answers[:4], "", answers[4]]  # "": the failed cell's, empty
+
+    # The failed cell: its waiting line gave way to empty text, then a one-line error.
+    empty, error = nb.cells[8].outputs
+    assert empty.data == {"text/plain": ""}
+    # IPython prints a UsageError as one stderr line, with no traceback.
+    assert (error.output_type, error.name) == ("stream", "stderr")
+    assert error.text.startswith(f"UsageError: Could not connect to {failing_url.split('/')[2]}")
+    assert error.text.count("\n") == 1 and "aiohttp" not in error.text
+    assert nb.cells[10].outputs[0].text == "top-level await still works\n"
+    assert "Default model is now google-gemini (alias 'gemini')." in nb.cells[3].outputs[0].text
+
+
+# -- single cells with jupyter_client -----------------------------------------------------
+
+
+@dataclass
+class Execution:
+    reply: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def of_type(self, *types: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["msg_type"] in types]
+
+
+@pytest.fixture
+def kernel(flowgpt_server: LocalServer) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        assert finish(kc, kc.execute("%load_ext flowgpt_magic")).reply["status"] == "ok"
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def finish(kc: BlockingKernelClient, msg_id: str, timeout: float = 60) -> Execution:
+    """Collect the iopub messages of one execution until the kernel is idle again."""
+    deadline = time.monotonic() + timeout
+    execution = Execution(reply={})
+    while True:
+        message = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        execution.messages.append(message)
+        if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+            break
+    execution.reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))["content"]
+    return execution
+
+
+def test_waiting_indicator_then_coalesced_stream_then_static_text(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    flowgpt_server.state.options.min_pieces = 10_000
+    run = finish(kc, kc.execute("%%flowgpt\nCount for me"))
+
+    assert run.reply["status"] == "ok"
+    body = flowgpt_server.state.requests[-1].body
+    pieces = answer_pieces(body, 10_000)
+    types = [m["msg_type"] for m in run.messages]
+
+    # The waiting line is a widget shown before the first piece of text.
+    waiting = [
+        m
+        for m in run.of_type("comm_open")
+        if "Waiting for gpt-3.5-turbo" in str(m["content"]["data"]["state"].get("value", ""))
+    ]
+    assert waiting and types.index("comm_open") < types.index("stream")
+    assert types.index("display_data") < types.index("stream")
+
+    # 10,000 pieces arrive as far fewer display updates, and none is lost.
+    streams = run.of_type("stream")
+    assert len(pieces) == 10_000
+    assert len(streams) < 200
+    assert "".join(m["content"]["text"] for m in streams) == "".join(pieces)
+
+    # At the end the widget is replaced by static text and closed.
+    (update,) = run.of_type("update_display_data")
+    assert update["content"]["data"] == {"text/plain": "".join(pieces)}
+    assert len(run.of_type("comm_close")) >= 3
+
+
+def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    km, kc = kernel
+    flowgpt_server.state.options.delay = 0.01
+    flowgpt_server.state.options.min_pieces = 100_000
+    msg_id = kc.execute("%%flowgpt\nTell me everything")
+
+    deadline = time.monotonic() + 30
+    before: list[dict[str, Any]] = []
+    while not any(m["msg_type"] == "stream" for m in before):
+        message = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if message["parent_header"].get("msg_id") == msg_id:
+            before.append(message)
+    km.interrupt_kernel()
+    interrupted_at = time.monotonic()
+    rest = finish(kc, msg_id, timeout=10)
+    stopped_after = time.monotonic() - interrupted_at
+
+    assert rest.reply["status"] == "error"
+    assert rest.reply["ename"] == "AnswerInterrupted"
+    (error,) = rest.of_type("error")
+    assert len(error["content"]["traceback"]) == 1
+    assert "Interrupted after" in error["content"]["traceback"][0]
+    (update,) = rest.of_type("update_display_data")
+    partial = update["content"]["data"]["text/plain"]
+    full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 100_000))
+    assert 0 < len(partial) < len(full) and full.startswith(partial)
+    # What stays on screen is exactly what had streamed in.
+    streamed = [m for m in before + rest.messages if m["msg_type"] == "stream"]
+    assert "".join(m["content"]["text"] for m in streamed) == partial
+    assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=10)
+    assert flowgpt_server.state.completed == 0
+    assert stopped_after < 5, f"the answer went on for {stopped_after:.1f} s after the interrupt"
+
+    # Nothing streams into the cell after it ended, and the kernel answers normally.
+    flowgpt_server.state.options.min_pieces = 0
+    flowgpt_server.state.options.delay = 0
+    after = finish(kc, kc.execute("%%flowgpt\nAre you still there?"))
+    assert after.reply["status"] == "ok"
+    assert flowgpt_server.state.requests[-1].body["history"][1:] == []
+    assert all(m["parent_header"]["msg_id"] != msg_id for m in after.messages)
+    check = finish(kc, kc.execute("%flowgpt_history"))
+    (text,) = [m["content"]["text"] for m in check.of_type("stream")]
+    assert "Are you still there?" in text and "Tell me everything" not in text
