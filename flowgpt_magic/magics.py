@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
@@ -17,7 +18,7 @@ from .conversation import Conversation
 from .display import StreamView, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, redact_url
 from .loop import LoopRunner
-from .provider import AsyncResult, FlowGpt, check_temperature
+from .provider import API_URL_ENV, AsyncResult, FlowGpt, check_temperature
 
 
 @contextmanager
@@ -210,9 +211,15 @@ class FlowGptMagics(Magics):
             note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
             mark = "*" if model == self.default_model else " "
             lines.append(f" {mark} {model}{note}")
-        endpoint = self.api_url or "$FLOWGPT_API_URL or FlowGPT's endpoint"
-        lines += ["", f"Endpoint: {redact_url(endpoint)}"]
+        lines += ["", f"Endpoint: {self._endpoint_description()}"]
         return "\n".join(lines)
+
+    def _endpoint_description(self) -> str:
+        if self.api_url:
+            return f"{redact_url(self.api_url)} (FlowGptMagics.api_url)"
+        if os.environ.get(API_URL_ENV):
+            return f"{redact_url(os.environ[API_URL_ENV])} (${API_URL_ENV})"
+        return f"{FlowGpt.api_endpoint} (FlowGPT's own; set ${API_URL_ENV} to change it)"
 
     # -- %flowgpt_history --------------------------------------------------------------
 

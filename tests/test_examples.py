@@ -1,0 +1,69 @@
+"""The examples and terminal IPython, run as separate processes against the local server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flowgpt_magic.server import LocalServer, answer_pieces
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # as on a terminal, where UsageError lines go to stderr
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout
+    assert "Traceback" not in completed.stdout
+    return completed.stdout
+
+
+def test_the_seed_examples_run_as_written(flowgpt_server: LocalServer) -> None:
+    out = run_example("provider_api.py")
+    first, second, third = (request.body for request in flowgpt_server.state.requests)
+    assert first["question"] == second["question"] == "Привет!"
+    assert second["system"] == "Ты - полезный ассистент."
+    assert third["model"] == "google-gemini"
+    assert out.count("Message: [Offline ") == 2
+    assert "You asked: «What can you do offline?»" in out
+
+
+def test_the_demo_runs_every_cell() -> None:
+    out = run_example("demo.py", "--fast")
+    assert "Context: 4 earlier messages; system message: «Answer like a pirate.»" in out
+    assert "Loaded 3 exchanges from" in out
+    assert "UsageError: Unknown model 'gpt-5'" in out
+    assert out.rstrip().endswith("The server answered 4 requests and rejected 0.")
+
+
+def test_terminal_ipython_streams_pieces_as_they_arrive(flowgpt_server: LocalServer) -> None:
+    flowgpt_server.state.options.delay = 0.01
+    flowgpt_server.state.options.min_pieces = 500  # about five seconds of answer
+    code = 'get_ipython().run_line_magic("load_ext", "flowgpt_magic")\n' + (
+        'get_ipython().run_cell_magic("flowgpt", "", "Stream to a terminal")'
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "IPython", "--no-banner", "--colors=nocolor", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    ) as ipython:
+        assert ipython.stdout is not None
+        first_pieces = ipython.stdout.read(len(b"[Offline answer "))
+        # The first words are on the terminal while the server is still sending the rest.
+        assert first_pieces == b"[Offline answer "
+        assert flowgpt_server.state.completed == 0
+        rest, errors = ipython.communicate(timeout=120)
+    assert ipython.returncode == 0, errors
+    answer = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 500))
+    assert (first_pieces + rest).decode() == answer + "\n"
+    assert flowgpt_server.state.completed == 1
