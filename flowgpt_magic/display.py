@@ -54,7 +54,7 @@ class WidgetView:
 
         self._waiting = ipywidgets.HTML(
             f'<span style="color: var(--jp-ui-font-color2, #757575); font-style: italic">'
-            f"⏳ {html.escape(waiting)}</span>"
+            f"{html.escape(waiting)}</span>"
         )
         self._output = ipywidgets.Output()
         self._box = ipywidgets.VBox([self._waiting, self._output])

@@ -98,4 +98,5 @@ class AnswerInterrupted(FlowGptError):
         self.characters = characters
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[33m⏹ {self}\x1b[0m"]
+        # Plain text: JupyterLab already tints error output, and "■" is in common fonts.
+        return [f"■ {self}"]

@@ -117,7 +117,10 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             await response.write(_line({"event": "text", "data": piece}))
         await response.write(_line({"event": "done"}))
         await response.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:  # the client went away (stop button, break): normal, no traceback
+        state.note(lambda s: setattr(s, "disconnects", s.disconnects + 1))
+        return response
+    except asyncio.CancelledError:
         state.note(lambda s: setattr(s, "disconnects", s.disconnects + 1))
         raise
     state.note(lambda s: setattr(s, "completed", s.completed + 1))

@@ -168,8 +168,8 @@ def test_interrupt_keeps_the_partial_answer_and_records_nothing(
     partial, mark = shown.split("\n", 1)
     assert partial == "[Offline answer from "  # the three pieces that arrived
     assert mark.strip() == (
-        "\x1b[33m⏹ Interrupted after 21 characters; the partial answer above was not added "
-        "to the conversation.\x1b[0m"
+        "■ Interrupted after 21 characters; the partial answer above was not added "
+        "to the conversation."
     )
     assert len(magics.conversation) == 0
     assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=10)
