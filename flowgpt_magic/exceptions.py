@@ -100,3 +100,15 @@ class AnswerInterrupted(FlowGptError):
     def _render_traceback_(self) -> list[str]:
         # Plain text: JupyterLab already tints error output, and "■" is in common fonts.
         return [f"■ {self}"]
+
+
+class SecretURL(str):
+    """A URL that may carry credentials: usable as the string it is, shown redacted.
+
+    ``%config FlowGptMagics`` and every other repr show ``http://***@host:port``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_url(self))

@@ -16,7 +16,7 @@ from traitlets import Enum, Float, TraitError, Unicode, validate
 from .command import ChatRequest, Defaults, build_request
 from .conversation import Conversation
 from .display import StreamView, open_view
-from .exceptions import AnswerInterrupted, FlowGptError, redact_url
+from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
 from .loop import LoopRunner
 from .provider import API_URL_ENV, AsyncResult, FlowGpt, check_temperature
 
@@ -95,6 +95,10 @@ class FlowGptMagics(Magics):
             return FlowGpt.get_model(proposal.value)
         except FlowGptError as error:
             raise TraitError(str(error)) from None
+
+    @validate("proxy")
+    def _hide_proxy_credentials(self, proposal: Any) -> str | None:
+        return None if proposal.value is None else SecretURL(proposal.value)
 
     @validate("temperature")
     def _check_temperature(self, proposal: Any) -> float:

@@ -10,6 +10,7 @@ extension stays cheap.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -54,6 +55,8 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 #: How much of an error body we read: enough for any error message, bounded for HTML pages.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _DEVICE_ID_ALPHABET = string.ascii_lowercase + string.digits
+# On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError; aiohttp raises the former.
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 
 
 class ProviderModelMixin:
@@ -388,7 +391,7 @@ async def _stream_answer(
             response = await session.post(
                 url, json=body, headers=headers, proxy=proxy, timeout=client_timeout
             )
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (aiohttp.ClientError, *_TIMEOUTS) as error:
             raise _translate(error, url, proxy, client_timeout) from None
         async with response:
             if not 200 <= response.status < 300:
@@ -400,7 +403,7 @@ async def _stream_answer(
                         text = text_of(event)
                         if text:
                             yield text
-            except (aiohttp.ClientError, TimeoutError) as error:
+            except (aiohttp.ClientError, *_TIMEOUTS) as error:
                 raise _translate(error, url, proxy, client_timeout) from None
             for event in decoder.close():
                 text = text_of(event)
@@ -441,7 +444,7 @@ def _translate(
             f"Could not connect to {host}: {_reason(error)}. Check that the server is running "
             "and that the endpoint URL (FLOWGPT_API_URL or api_url) is right."
         )
-    if isinstance(error, TimeoutError):  # aiohttp's timeouts subclass it
+    if isinstance(error, _TIMEOUTS):
         if isinstance(error, aiohttp.ConnectionTimeoutError):
             return ResponseTimeoutError(
                 f"Connecting to {host} took longer than {timeout.connect} s. Check that the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -298,3 +300,27 @@ def test_a_bad_setting_is_refused(magics: FlowGptMagics) -> None:
     with pytest.raises(TraitError, match="Unknown model"):
         magics.default_model = "gpt-5"
     assert (magics.temperature, magics.default_model) == (0.7, "gpt-3.5-turbo")
+
+
+def test_proxy_credentials_are_not_shown_by_config(
+    shell: InteractiveShell, magics: FlowGptMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.run_line_magic("config", "FlowGptMagics.proxy = 'http://alice:s3cret@127.0.0.1:3128'")
+    shell.run_line_magic("config", "FlowGptMagics")
+    out = capsys.readouterr().out
+    assert "Current: 'http://***@127.0.0.1:3128'" in out
+    assert "s3cret" not in out and "s3cret" not in repr(magics.proxy)
+    assert magics.proxy == "http://alice:s3cret@127.0.0.1:3128"  # still the real URL to use
+
+
+def test_loading_the_extension_is_cheap_and_patches_nothing() -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "InteractiveShell.instance().run_line_magic('load_ext', 'flowgpt_magic')\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(hasattr(asyncio, '_nest_patched'), sorted({'aiohttp', 'ipywidgets'} & roots))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # nest-asyncio2 is applied when a running loop needs it; aiohttp and ipywidgets load on use.
+    assert out.stdout.strip() == "False []"

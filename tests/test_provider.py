@@ -420,3 +420,16 @@ def test_decoder_refuses_an_endless_line() -> None:
     decoder.feed(b"x" * 600)
     with pytest.raises(ResponseFormatError, match="longer than 1000 bytes"):
         decoder.feed(b"x" * 600)
+
+
+async def test_an_unresolvable_host_is_named() -> None:
+    # .invalid is reserved (RFC 2606): no resolver may answer it.
+    with pytest.raises(ConnectionFailedError) as caught:
+        await collect(
+            FlowGpt.create_async_generator(
+                "gpt-3.5-turbo", USER, api_url=f"http://flowgpt.invalid{PATH}", connect_timeout=10
+            )
+        )
+    assert str(caught.value).startswith(
+        "Could not connect to flowgpt.invalid:80: the host name could not be resolved."
+    )
