@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .conversation import Message
 from .exceptions import InvalidRequestError
 from .provider import FlowGpt, check_temperature
 
@@ -37,11 +36,11 @@ class ChatRequest:
         """Whether a completed answer goes into the conversation."""
         return self.use_history
 
-    def messages(self, history: Sequence[Message]) -> list[dict[str, str]]:
+    def messages(self, history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
         """What the provider is sent: system message, context (if any), then the prompt."""
         messages = [{"role": "system", "content": self.system}] if self.system else []
         if self.sends_history:
-            messages += [message.to_wire() for message in history]
+            messages += history
         messages.append({"role": "user", "content": self.prompt})
         return messages
 

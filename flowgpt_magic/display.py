@@ -32,15 +32,15 @@ class TextView:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
-        self._wrote = ""
+        self._last_piece = ""
 
     def write(self, piece: str) -> None:
         self._stream.write(piece)
         self._stream.flush()
-        self._wrote = piece
+        self._last_piece = piece
 
     def finish(self, text: str) -> None:
-        if self._wrote and not self._wrote.endswith("\n"):
+        if self._last_piece and not self._last_piece.endswith("\n"):
             self._stream.write("\n")
         self._stream.flush()
 

@@ -145,7 +145,7 @@ class FlowGptMagics(Magics):
             )
             answer = FlowGpt.create_async_generator(
                 request.model,
-                request.messages(list(self.conversation)),
+                request.messages(self.conversation.wire_messages()),
                 proxy=self.proxy,
                 temperature=request.temperature,
                 api_url=self.api_url,
@@ -171,8 +171,9 @@ class FlowGptMagics(Magics):
         except FlowGptError as error:
             raise UsageError(str(error)) from None
         finally:
-            view.finish("".join(pieces))
-        return "".join(pieces)
+            text = "".join(pieces)
+            view.finish(text)
+        return text
 
     def _record(self, request: ChatRequest, answer: str) -> None:
         if not answer:
