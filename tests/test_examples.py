@@ -67,3 +67,39 @@ def test_terminal_ipython_streams_pieces_as_they_arrive(flowgpt_server: LocalSer
     answer = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 500))
     assert (first_pieces + rest).decode() == answer + "\n"
     assert flowgpt_server.state.completed == 1
+
+
+def test_the_quickstart_notebook_runs_top_to_bottom(flowgpt_server: LocalServer) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    # Any cell error raises CellExecutionError here and fails the test.
+    NotebookClient(
+        nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(EXAMPLES)}}
+    ).execute()
+
+    bodies = [request.body for request in flowgpt_server.state.requests]
+    answers = {
+        cell.source.splitlines()[-1]: cell.outputs[0].data["text/plain"]
+        for cell in nb.cells
+        if cell.cell_type == "code" and cell.source.startswith("%%flowgpt")
+    }
+    assert len(answers) == len(bodies) == 6
+    for body in bodies:
+        assert answers[body["question"]] == "".join(answer_pieces(body))
+    assert [len(body["history"]) - 1 for body in bodies] == [0, 2, 4, 6, 8, 0]
+    by_question = {body["question"]: body for body in bodies}
+    assert by_question["Now say it differently."]["model"] == "claude-v2"
+    assert by_question["What is a kernel?"]["system"] == "Answer in one short sentence."
+    history = [c for c in nb.cells if c.source == "%flowgpt_history"]
+    assert all(c.outputs[0].text.startswith("Conversation: 5 exchanges") for c in history)
+
+
+def test_the_committed_quickstart_has_no_outputs() -> None:
+    import nbformat
+
+    nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    assert "widgets" not in nb.metadata
