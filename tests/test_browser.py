@@ -1,0 +1,316 @@
+"""What a person sees: JupyterLab 4 in Debian's headless Chromium, driven by Playwright.
+
+Screenshots go to ``test-artifacts/screenshots/`` (ignored by git), for a person to look at.
+Chromium is never downloaded: the tests use Debian's ``/usr/bin/chromium`` (``.ci/run``
+installs it) and fail, rather than skip, without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from flowgpt_magic.server import LocalServer, answer_pieces
+
+CHROMIUM = Path(os.environ.get("FLOWGPT_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).parent.parent / "test-artifacts" / "screenshots"
+TOKEN = "flowgpt-magic-test"
+DONE_PROMPT = re.compile(r"\[\d+\]:")
+
+if sys.platform != "linux":
+    pytest.skip("the browser tests drive Debian's Chromium on Linux", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Lab:
+    """A JupyterLab server on a free loopback port, with its own settings and a temp root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True)
+        # No news or update pop-ups over the notebook.
+        (settings / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(
+            os.environ,
+            JUPYTER_CONFIG_DIR=str(root / ".config"),
+            JUPYTER_DATA_DIR=str(root / ".data"),
+            JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
+        )
+        self.log = (root / ".lab.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                f"--port={self.port}",
+                f"--IdentityProvider.token={TOKEN}",
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.root_dir={root}",
+                "--ip=127.0.0.1",
+                "--allow-root",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, 90, "JupyterLab to start")
+
+    def api(self, path: str, method: str = "GET") -> Any:
+        request = urllib.request.Request(f"{self.base}{path}?token={TOKEN}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"JupyterLab exited: see {self.root / '.lab.log'}")
+        try:
+            self.api("/api/status")
+        except OSError:
+            return False
+        return True
+
+    def session(self, name: str) -> dict[str, Any] | None:
+        sessions = self.api("/api/sessions")
+        return next((s for s in sessions if s["path"] == name), None)
+
+    def kernel_idle(self, name: str) -> bool:
+        session = self.session(name)
+        return bool(
+            session
+            and session["kernel"]["execution_state"] == "idle"
+            and session["kernel"]["connections"] > 0
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    server = Lab(tmp_path_factory.mktemp("lab"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Debian's Chromium is not at {CHROMIUM}. Install it with `apt-get install chromium` "
+            "(.ci/run does), or point FLOWGPT_TEST_CHROMIUM at a Chromium binary."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Notebook:
+    """A notebook open in JupyterLab, seen through the page as a person sees it."""
+
+    def __init__(self, lab: Lab, page: Any, name: str) -> None:
+        self.lab, self.page, self.name = lab, page, name
+
+    def cell(self, index: int) -> Any:
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def run(self, index: int) -> None:
+        self.cell(index).locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Shift+Enter")
+
+    def prompt(self, index: int) -> str:
+        return str(self.cell(index).locator(".jp-InputPrompt").inner_text())
+
+    def output(self, index: int) -> str:
+        area = self.cell(index).locator(".jp-Cell-outputArea")
+        return str(area.inner_text()).strip() if area.count() else ""
+
+    def run_and_wait(self, index: int, timeout: float = 60) -> str:
+        self.run(index)
+        wait_until(lambda: bool(DONE_PROMPT.search(self.prompt(index))), timeout, f"cell {index}")
+        return self.output(index)
+
+    def screenshot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+@pytest.fixture
+def open_notebook(
+    lab: Lab, browser: Any, flowgpt_server: LocalServer, request: pytest.FixtureRequest
+) -> Iterator[Callable[[list[str]], Notebook]]:
+    """Write a notebook whose first cell loads the extension against this test's server."""
+    pages: list[Any] = []
+    name = f"{request.node.name}.ipynb"
+
+    def open_(cells: list[str]) -> Notebook:
+        setup = f"%load_ext flowgpt_magic\n%config FlowGptMagics.api_url = {flowgpt_server.url!r}"
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in [setup, *cells]]
+        nb.metadata.kernelspec = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        nbformat.write(nb, lab.root / name)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        pages.append(page)
+        # A workspace of its own, reset: no tabs restored from an earlier test.
+        workspace = request.node.name.replace("_", "-")
+        page.goto(f"{lab.base}/lab/workspaces/{workspace}/tree/{name}?reset&token={TOKEN}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        wait_until(lambda: lab.kernel_idle(name), 60, "the notebook's kernel to be idle")
+        notebook = Notebook(lab, page, name)
+        notebook.run_and_wait(0)
+        return notebook
+
+    yield open_
+    for page in pages:
+        page.close()
+    session = lab.session(name)
+    if session:
+        lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+
+
+def test_the_answer_visibly_grows_while_it_streams(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.04
+    flowgpt_server.state.options.min_pieces = 80  # about three seconds of streaming
+    notebook = open_notebook(["%%flowgpt\nWhat is a notebook?"])
+
+    notebook.run(1)
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not DONE_PROMPT.search(notebook.prompt(1)):
+        assert time.monotonic() < deadline, "the answer did not finish within 60 s"
+        text = notebook.output(1)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+            if len(seen) == 4:
+                notebook.screenshot("streaming-mid.png")
+        time.sleep(0.05)
+
+    final = notebook.output(1)
+    expected = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 80)).strip()
+    assert final == expected
+    assert seen[0] == "Waiting for gpt-3.5-turbo…"
+    growing = [text for text in seen[1:] if text != final]
+    assert len(growing) >= 3, f"saw only {len(growing)} partial texts"
+    for shorter, longer in zip(growing, [*growing[1:], final], strict=True):
+        assert longer.startswith(shorter) and len(longer) > len(shorter)
+
+
+def test_the_stop_button_stops_the_answer_and_the_notebook_carries_on(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.04
+    flowgpt_server.state.options.min_pieces = 5_000  # minutes of answer, unless stopped
+    notebook = open_notebook(
+        ["%%flowgpt\nTell me a long story.", "%%flowgpt\nAre you still there?", "%flowgpt_history"]
+    )
+    notebook.run(1)
+    wait_until(lambda: len(notebook.output(1)) > 60, 30, "the answer to start streaming")
+
+    notebook.page.locator('[data-jp-item-name="interrupt"]').first.click()
+    clicked = time.monotonic()
+    wait_until(lambda: "Interrupted after" in notebook.output(1), 5, "the interrupted mark")
+    stopped_after = time.monotonic() - clicked
+    assert stopped_after < 1.0, f"the mark took {stopped_after:.2f} s"
+    assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=5)
+    wait_until(lambda: notebook.lab.kernel_idle(notebook.name), 10, "the kernel to go idle")
+    notebook.screenshot("interrupted.png")
+
+    partial, mark = notebook.output(1).rsplit("\n", 1)
+    full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 5_000))
+    assert partial and full.startswith(partial) and len(partial) < len(full)
+    assert re.fullmatch(
+        r"■ Interrupted after \d+ characters; the partial answer above was not added to the "
+        r"conversation\.",
+        mark,
+    )
+    assert notebook.output(1) == f"{partial}\n{mark}"  # nothing more arrived
+
+    flowgpt_server.state.options.min_pieces = 0
+    answer = notebook.run_and_wait(2)
+    assert "You asked: «Are you still there?». Context: 0 earlier messages" in answer
+    history = notebook.run_and_wait(3)
+    assert "Are you still there?" in history and "Tell me a long story." not in history
+
+
+def test_a_saved_notebook_shows_its_answers_when_reopened(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer, lab: Lab
+) -> None:
+    notebook = open_notebook(["%%flowgpt\nFirst question", "%%flowgpt -m gemini\nSecond question"])
+    answers = [notebook.run_and_wait(1), notebook.run_and_wait(2)]
+    expected = ["".join(answer_pieces(r.body)) for r in flowgpt_server.state.requests]
+    assert answers == [answer.strip() for answer in expected]
+
+    notebook.page.keyboard.press("Control+s")
+    path = lab.root / notebook.name
+
+    def saved_outputs() -> list[Any]:
+        cells = nbformat.read(path, as_version=4).cells
+        return [cell.outputs for cell in cells[1:3]]  # Shift+Enter on the last cell added one
+
+    wait_until(lambda: all(saved_outputs()), 30, "the notebook to be saved with its outputs")
+    for outputs, answer in zip(saved_outputs(), expected, strict=True):
+        # Static text, not a widget view: readable without widget state, in any viewer.
+        assert [output.data for output in outputs] == [{"text/plain": answer}]
+
+    notebook.page.reload()
+    notebook.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    wait_until(lambda: notebook.output(2) != "", 30, "the reopened notebook's outputs")
+    assert [notebook.output(1), notebook.output(2)] == [answer.strip() for answer in expected]
+    notebook.screenshot("reopened.png")
