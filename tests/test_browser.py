@@ -1,4 +1,4 @@
-"""What a person sees: JupyterLab 4 in Debian's headless Chromium, driven by Playwright.
+"""What a person sees: JupyterLab 4 and Notebook 7 in Debian's headless Chromium, via Playwright.
 
 Screenshots go to ``test-artifacts/screenshots/`` (ignored by git), for a person to look at.
 Chromium is never downloaded: the tests use Debian's ``/usr/bin/chromium`` (``.ci/run``
@@ -58,10 +58,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 class Lab:
-    """A JupyterLab server on a free loopback port, with its own settings and a temp root."""
+    """A Jupyter frontend's server (JupyterLab or Notebook 7) on a free loopback port, with
+    its own settings and a temporary root folder."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, frontend: str) -> None:
+        self.root, self.frontend = root, frontend
         settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
         settings.mkdir(parents=True)
         # No news or update pop-ups over the notebook.
@@ -82,7 +83,7 @@ class Lab:
             [
                 sys.executable,
                 "-m",
-                "jupyterlab",
+                frontend,
                 "--no-browser",
                 f"--port={self.port}",
                 f"--IdentityProvider.token={TOKEN}",
@@ -95,7 +96,7 @@ class Lab:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_until(self._answers, 90, "JupyterLab to start")
+        wait_until(self._answers, 90, f"{frontend} to start")
 
     def api(self, path: str, method: str = "GET") -> Any:
         request = urllib.request.Request(f"{self.base}{path}?token={TOKEN}", method=method)
@@ -105,7 +106,7 @@ class Lab:
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            pytest.fail(f"JupyterLab exited: see {self.root / '.lab.log'}")
+            pytest.fail(f"{self.frontend} exited: see {self.root / '.lab.log'}")
         try:
             self.api("/api/status")
         except OSError:
@@ -134,9 +135,10 @@ class Lab:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    server = Lab(tmp_path_factory.mktemp("lab"))
+@pytest.fixture(scope="module", params=["jupyterlab", "notebook"])
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """JupyterLab 4, then Notebook 7: the same tests run in both."""
+    server = Lab(tmp_path_factory.mktemp(request.param), request.param)
     yield server
     server.stop()
 
@@ -183,7 +185,8 @@ class Notebook:
 
     def screenshot(self, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+        path = SCREENSHOTS / f"{self.lab.frontend}-{name}"
+        self.page.screenshot(path=str(path), full_page=True)
 
 
 @pytest.fixture
@@ -192,7 +195,7 @@ def open_notebook(
 ) -> Iterator[Callable[[list[str]], Notebook]]:
     """Write a notebook whose first cell loads the extension against this test's server."""
     pages: list[Any] = []
-    name = f"{request.node.name}.ipynb"
+    name = re.sub(r"[^A-Za-z0-9_]+", "-", request.node.name).strip("-") + ".ipynb"
 
     def open_(cells: list[str]) -> Notebook:
         setup = f"%load_ext flowgpt_magic\n%config FlowGptMagics.api_url = {flowgpt_server.url!r}"
@@ -206,9 +209,11 @@ def open_notebook(
         nbformat.write(nb, lab.root / name)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         pages.append(page)
-        # A workspace of its own, reset: no tabs restored from an earlier test.
-        workspace = request.node.name.replace("_", "-")
-        page.goto(f"{lab.base}/lab/workspaces/{workspace}/tree/{name}?reset&token={TOKEN}")
+        if lab.frontend == "notebook":
+            page.goto(f"{lab.base}/notebooks/{name}?token={TOKEN}")
+        else:  # a JupyterLab workspace of its own, reset: no tabs restored from earlier tests
+            workspace = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())
+            page.goto(f"{lab.base}/lab/workspaces/{workspace}/tree/{name}?reset&token={TOKEN}")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         wait_until(lambda: lab.kernel_idle(name), 60, "the notebook's kernel to be idle")
         notebook = Notebook(lab, page, name)
