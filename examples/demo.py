@@ -16,7 +16,7 @@ from pathlib import Path
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from flowgpt_magic.server import LocalServer, ServerOptions
+from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer, ServerOptions
 
 CELLS = [
     "%load_ext flowgpt_magic",
@@ -30,6 +30,10 @@ CELLS = [
     "%flowgpt_history --load {folder}/conversation.json",
     "%%flowgpt -m gpt-5\nThis model does not exist, so nothing is sent.",
     "%%flowgpt --no-history\nA side question that stays out of the conversation.",
+    # The same conversation, continued with an OpenAI-compatible server (here, the same
+    # local server's /v1 side; in real use OpenAI, Ollama, vLLM, ...):
+    "%config OpenAI.base_url = '{openai}'",
+    "%%flowgpt -m openai:llama3.2\nAnd now from an OpenAI-compatible server?",
 ]
 
 
@@ -40,10 +44,11 @@ def main() -> None:
         tempfile.TemporaryDirectory() as folder,
     ):
         os.environ["FLOWGPT_API_URL"] = server.url
+        openai_base = server.url.removesuffix(PATH) + OPENAI_PATH
         print(f"Bundled local server: {server.url}\n")
         shell = InteractiveShell.instance()
         for number, cell in enumerate(CELLS, start=1):
-            source = cell.format(folder=Path(folder).as_posix())
+            source = cell.format(folder=Path(folder).as_posix(), openai=openai_base)
             prompt = f"In [{number}]: "
             print(prompt + source.replace("\n", "\n" + " " * (len(prompt) - 5) + "...: "))
             shell.run_cell(source, store_history=True)

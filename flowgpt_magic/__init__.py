@@ -18,7 +18,8 @@ from .exceptions import (
     ResponseFormatError,
     ResponseTimeoutError,
 )
-from .provider import FlowGpt
+from .flowgpt import FlowGpt
+from .openai_compatible import OpenAICompatible
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "HistoryFileError",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "OpenAICompatible",
     "RequestFailedError",
     "ResponseFormatError",
     "ResponseTimeoutError",
@@ -55,6 +57,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     for kind, names in magics.magics.items():
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)
-    if magics in ipython.configurables:
-        ipython.configurables.remove(magics)
+    for configurable in (magics, *magics.provider_settings.values()):
+        if configurable in ipython.configurables:
+            ipython.configurables.remove(configurable)
     magics.close()

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .exceptions import InvalidRequestError
-from .provider import FlowGpt, check_temperature
+from .provider import check_temperature
+from .providers import resolve_model
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def build_request(
         )
     return ChatRequest(
         prompt=prompt,
-        model=FlowGpt.get_model(model) if model else defaults.model,
+        model=resolve_model(model).id if model else defaults.model,
         temperature=(
             parse_temperature(temperature) if temperature is not None else defaults.temperature
         ),

@@ -111,4 +111,13 @@ class SecretURL(str):
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return repr(redact_url(self))
+        return repr(redact_url(str.__str__(self)))  # a plain str: redact_url may return it
+
+
+class Secret(str):
+    """A secret (an API key, a token): usable as the string it is, never shown."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"

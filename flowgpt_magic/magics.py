@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
@@ -17,8 +16,10 @@ from .command import ChatRequest, Defaults, build_request
 from .conversation import Conversation
 from .display import StreamView, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
+from .flowgpt import FlowGpt
 from .loop import LoopRunner
-from .provider import API_URL_ENV, AsyncResult, FlowGpt, check_temperature
+from .provider import AsyncResult, check_temperature
+from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
 
 
 @contextmanager
@@ -52,7 +53,8 @@ class FlowGptMagics(Magics):
 
     default_model = Unicode(
         FlowGpt.default_model,
-        help="Model used when a cell gives no -m; a name or an alias (resolved when set).",
+        help="Model used when a cell gives no -m: a FlowGPT name or alias, or PROVIDER:MODEL "
+        "such as openai:gpt-4o-mini (resolved when set).",
     ).tag(config=True)
     temperature = Float(0.7, help="Sampling temperature, from 0 to 2.").tag(config=True)
     system_message = Unicode(
@@ -63,7 +65,8 @@ class FlowGptMagics(Magics):
     api_url = Unicode(
         None,
         allow_none=True,
-        help="Full URL of the chat endpoint. None: $FLOWGPT_API_URL if set, else FlowGPT's.",
+        help="Full URL of FlowGPT's chat endpoint. None: $FLOWGPT_API_URL if set, else "
+        "FlowGPT's own. (Other providers have their own settings, e.g. OpenAI.base_url.)",
     ).tag(config=True)
     proxy = Unicode(
         None, allow_none=True, help="HTTP(S) proxy URL, e.g. http://user:password@host:3128."
@@ -88,11 +91,19 @@ class FlowGptMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.conversation = Conversation()
         self._runner = LoopRunner()
+        # Each provider's own settings, configurable like ours: %config OpenAI.base_url = ...
+        self.provider_settings: dict[str, Any] = {
+            entry.name: entry.settings(parent=shell)
+            for entry in PROVIDERS.values()
+            if entry.settings is not None
+        }
+        if shell is not None:
+            shell.configurables.extend(self.provider_settings.values())
 
     @validate("default_model")
     def _resolve_default_model(self, proposal: Any) -> str:
         try:
-            return FlowGpt.get_model(proposal.value)
+            return resolve_model(proposal.value).id
         except FlowGptError as error:
             raise TraitError(str(error)) from None
 
@@ -109,6 +120,14 @@ class FlowGptMagics(Magics):
 
     def close(self) -> None:
         self._runner.close()
+
+    def request_options(self) -> dict[str, Any]:
+        """FlowGPT's options: its settings are ours (the magics are named after it)."""
+        return {"api_url": self.api_url}
+
+    def _settings_of(self, entry: ProviderEntry) -> ProviderSettings:
+        settings: ProviderSettings = self.provider_settings.get(entry.name, self)
+        return settings
 
     # -- %%flowgpt ---------------------------------------------------------------------
 
@@ -143,14 +162,15 @@ class FlowGptMagics(Magics):
                 no_history=args.no_history,
                 reset=args.reset,
             )
-            answer = FlowGpt.create_async_generator(
-                request.model,
+            ref = resolve_model(request.model)
+            answer = ref.entry.provider.create_async_generator(
+                ref.model,
                 request.messages(self.conversation.wire_messages()),
                 proxy=self.proxy,
                 temperature=request.temperature,
-                api_url=self.api_url,
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
+                **self._settings_of(ref.entry).request_options(),
             )
         text = self._stream(answer, open_view(self._use_widget(), f"Waiting for {request.model}…"))
         self._record(request, text)
@@ -204,27 +224,31 @@ class FlowGptMagics(Magics):
             print(self._model_listing())
             return
         with _usage_errors():
-            model = FlowGpt.get_model(args.name)
+            model = resolve_model(args.name).id
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
 
     def _model_listing(self) -> str:
-        lines = [f"Default model: {self.default_model}", "", "Models:"]
-        for model in FlowGpt.models:
-            aliases = FlowGpt.aliases_of(model)
-            note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
-            mark = "*" if model == self.default_model else " "
-            lines.append(f" {mark} {model}{note}")
-        lines += ["", f"Endpoint: {self._endpoint_description()}"]
+        lines = [f"Default model: {self.default_model}"]
+        for entry in PROVIDERS.values():
+            options = self._settings_of(entry).request_options()
+            lines += ["", f"{entry.name}: {entry.description}"]
+            try:
+                lines.append(f"  endpoint: {redact_url(entry.provider.endpoint(**options))}")
+                models = self._runner.run(
+                    entry.provider.list_models(proxy=self.proxy, timeout=5.0, **options)
+                )
+            except FlowGptError as error:
+                lines.append(f"  (could not list the server's models: {error})")
+                models = entry.provider.models
+            for model in models:
+                ref = resolve_model(f"{entry.name}:{model}")
+                aliases = entry.provider.aliases_of(model)
+                note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
+                mark = "*" if ref.id == self.default_model else " "
+                lines.append(f" {mark} {ref.id}{note}")
         return "\n".join(lines)
-
-    def _endpoint_description(self) -> str:
-        if self.api_url:
-            return f"{redact_url(self.api_url)} (FlowGptMagics.api_url)"
-        if os.environ.get(API_URL_ENV):
-            return f"{redact_url(os.environ[API_URL_ENV])} (${API_URL_ENV})"
-        return f"{FlowGpt.api_endpoint} (FlowGPT's own; set ${API_URL_ENV} to change it)"
 
     # -- %flowgpt_history --------------------------------------------------------------
 

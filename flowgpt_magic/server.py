@@ -1,11 +1,14 @@
-"""A local server that speaks FlowGPT's anonymous chat protocol, for tests, demos and offline work.
+"""A local server that speaks FlowGPT's anonymous chat protocol, and OpenAI's chat
+completions, for tests, demos and offline work.
 
     python -m flowgpt_magic.server [--host 127.0.0.1] [--port 0] [--delay 0.03]
 
-It checks what a client sends as strictly as the protocol document describes (signature
-headers, every body field) and rejects a bad request with a 400 that says what was wrong.
+FlowGPT's protocol is served at ``/v3/chat-anonymous``: the server checks what a client sends
+as strictly as the protocol document describes (signature headers, every body field) and
+rejects a bad request with a 400 that says what was wrong. OpenAI's is served under ``/v1``
+(``/v1/chat/completions``, streamed or not, and ``/v1/models``), with OpenAI's error shapes.
 A good request gets a deterministic answer, clearly labelled as offline, that echoes the
-question and the context it came with, streamed as NDJSON one word at a time.
+question and the context it came with, streamed one word at a time.
 
 ``LocalServer`` runs the same server in a background thread, for tests and notebooks.
 """
@@ -27,9 +30,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .provider import GREETING, FlowGpt
+from .flowgpt import GREETING, FlowGpt
 
 PATH = "/v3/chat-anonymous"
+OPENAI_PATH = "/v1"
+#: The models the OpenAI-compatible side serves; others get OpenAI's 404.
+OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "llama3.2"]
 MAX_CLOCK_SKEW = 300  # seconds a request's x-timestamp may be off
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DEVICE_ID = re.compile(r"f-[a-z0-9]{19}")
@@ -42,12 +48,15 @@ class ServerOptions:
     delay: float = 0.0
     #: Pad every answer to at least this many pieces (long answers for tests).
     min_pieces: int = 0
+    #: When set, the OpenAI-compatible side requires ``Authorization: Bearer <api_key>``.
+    api_key: str | None = None
 
 
 @dataclass
 class ReceivedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
+    path: str = PATH
 
 
 @dataclass
@@ -79,6 +88,8 @@ def make_app(options: ServerOptions | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = ServerState(options or ServerOptions())
     app.router.add_post(PATH, _chat)
+    app.router.add_get(f"{OPENAI_PATH}/models", _openai_models)
+    app.router.add_post(f"{OPENAI_PATH}/chat/completions", _openai_chat)
     app.router.add_get("/", _index)
     return app
 
@@ -106,16 +117,32 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
     received = ReceivedRequest(dict(request.headers), body)
     state.note(lambda s: s.requests.append(received))
-    options = state.options
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
+    return await _stream(
+        request,
+        "application/x-ndjson; charset=utf-8",
+        first=_line({"event": "start", "data": {"model": body["model"]}}),
+        pieces=[
+            _line({"event": "text", "data": piece})
+            for piece in answer_pieces(body, state.options.min_pieces)
+        ],
+        last=_line({"event": "done"}),
+    )
+
+
+async def _stream(
+    request: web.Request, content_type: str, *, first: bytes, pieces: list[bytes], last: bytes
+) -> web.StreamResponse:
+    """Send ``first``, each piece after the configured delay, then ``last``; note the outcome."""
+    state = request.app[STATE]
+    response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
     try:
-        await response.write(_line({"event": "start", "data": {"model": body["model"]}}))
-        for piece in answer_pieces(body, options.min_pieces):
-            if options.delay:
-                await asyncio.sleep(options.delay)
-            await response.write(_line({"event": "text", "data": piece}))
-        await response.write(_line({"event": "done"}))
+        await response.write(first)
+        for piece in pieces:
+            if state.options.delay:
+                await asyncio.sleep(state.options.delay)
+            await response.write(piece)
+        await response.write(last)
         await response.write_eof()
     except ConnectionError:  # the client went away (stop button, break): normal, no traceback
         state.note(lambda s: setattr(s, "disconnects", s.disconnects + 1))
@@ -129,6 +156,116 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 def _line(event: Mapping[str, Any]) -> bytes:
     return json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+
+# -- the OpenAI-compatible side -----------------------------------------------------------
+
+
+def _openai_error(status: int, message: str, code: str | None = None) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return web.json_response({"error": error}, status=status)
+
+
+def _openai_key_refused(request: web.Request) -> web.Response | None:
+    key = request.app[STATE].options.api_key
+    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        return _openai_error(401, "Incorrect API key provided.", "invalid_api_key")
+    return None
+
+
+async def _openai_models(request: web.Request) -> web.Response:
+    refused = _openai_key_refused(request)
+    if refused is not None:
+        return refused
+    data = [
+        {"id": model, "object": "model", "created": 0, "owned_by": "flowgpt-magic-local"}
+        for model in OPENAI_MODELS
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _openai_chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    refused = _openai_key_refused(request)
+    if refused is not None:
+        return refused
+    try:
+        body = await request.json()
+    except ValueError:
+        return _openai_error(400, "The body is not JSON.")
+    problems = openai_body_problems(body)
+    if problems:
+        reason = "; ".join(problems)
+        state.note(lambda s: s.rejected.append(reason))
+        return _openai_error(400, f"Bad request: {reason}.")
+    if body["model"] not in OPENAI_MODELS:
+        return _openai_error(
+            404,
+            f"The model `{body['model']}` does not exist or you do not have access to it.",
+            "model_not_found",
+        )
+    received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
+    state.note(lambda s: s.requests.append(received))
+    pieces = answer_pieces(body, state.options.min_pieces)
+    if not body.get("stream"):
+        state.note(lambda s: setattr(s, "completed", s.completed + 1))
+        message = {"role": "assistant", "content": "".join(pieces)}
+        return web.json_response(
+            _completion(body, "chat.completion", {"message": message, "finish_reason": "stop"})
+        )
+
+    def event(choice: dict[str, Any]) -> bytes:
+        chunk = _completion(body, "chat.completion.chunk", choice)
+        return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+
+    return await _stream(
+        request,
+        "text/event-stream; charset=utf-8",
+        first=event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}),
+        pieces=[event({"delta": {"content": p}, "finish_reason": None}) for p in pieces],
+        last=event({"delta": {}, "finish_reason": "stop"}) + b"data: [DONE]\n\n",
+    )
+
+
+def _completion(body: Mapping[str, Any], kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-flowgpt-magic-local",
+        "object": kind,
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": 0, **choice}],
+    }
+
+
+_OPENAI_ROLES = ("system", "developer", "user", "assistant")
+
+
+def openai_body_problems(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return ["the body must be a JSON object"]
+    problems = []
+    if not (isinstance(body.get("model"), str) and body["model"]):
+        problems.append("model must be a non-empty string")
+    messages = body.get("messages")
+    if not (isinstance(messages, list) and messages):
+        problems.append("messages must be a non-empty list")
+    else:
+        for index, message in enumerate(messages):
+            if not (
+                isinstance(message, dict)
+                and message.get("role") in _OPENAI_ROLES
+                and isinstance(message.get("content"), str)
+            ):
+                problems.append(f"messages[{index}] must have a role and string content")
+                break
+    temperature = body.get("temperature", 1)
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and 0 <= temperature <= 2
+    ):
+        problems.append("temperature must be a number from 0 to 2")
+    if not isinstance(body.get("stream", False), bool):
+        problems.append("stream must be true or false")
+    return problems
 
 
 def header_problems(headers: Mapping[str, str]) -> list[str]:
@@ -217,13 +354,21 @@ def _history_problems(history: Any) -> list[str]:
 
 
 def offline_answer(body: Mapping[str, Any]) -> str:
-    """The deterministic answer to a valid request body."""
-    context = len(body["history"]) - 1  # the greeting is not context
+    """The deterministic answer to a valid request body, FlowGPT's or OpenAI's."""
+    if "messages" in body:  # OpenAI's: the messages as they are
+        messages = body["messages"]
+        question = messages[-1]["content"]
+        context = sum(1 for m in messages[:-1] if m["role"] not in ("system", "developer"))
+        system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+        temperature = body.get("temperature", 1)
+    else:  # FlowGPT's: folded, with a greeting that is not context
+        question, system, temperature = body["question"], body["system"], body["temperature"]
+        context = len(body["history"]) - 1
     return (
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
-        f"temperature {body['temperature']:g}.] You asked: «{_excerpt(body['question'])}». "
+        f"temperature {temperature:g}.] You asked: «{_excerpt(question)}». "
         f"Context: {context} earlier message{'s' if context != 1 else ''}; system message: "
-        f"«{_excerpt(body['system'])}». No model runs here: this text streams word by word "
+        f"«{_excerpt(system or '(none)')}». No model runs here: this text streams word by word "
         "so that you can try flowgpt-magic without a network."
     )
 
@@ -347,6 +492,8 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         raise SystemExit(f"Cannot listen on {args.host}:{args.port}: {error.strerror}.") from None
     print(f"flowgpt-magic local server listening; chat endpoint: {url}", flush=True)
     print(f"Use it with:  export FLOWGPT_API_URL={url}", flush=True)
+    base = url.removesuffix(PATH) + OPENAI_PATH
+    print(f"OpenAI-compatible too:  export OPENAI_BASE_URL={base}", flush=True)
     print("Stop it with Ctrl-C.", flush=True)
     try:
         await asyncio.Event().wait()

@@ -19,6 +19,10 @@ def shell(flowgpt_server: LocalServer) -> Iterator[InteractiveShell]:
     ip.run_line_magic("load_ext", "flowgpt_magic")
     yield ip
     ip.run_line_magic("unload_ext", "flowgpt_magic")
+    # %config also writes into the shell's config (so settings survive %reload_ext); start
+    # the next test from a clean one.
+    for section in ("FlowGptMagics", "OpenAI"):
+        ip.config.pop(section, None)
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from flowgpt_magic import AnswerInterrupted
+from flowgpt_magic.flowgpt import GREETING
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.provider import GREETING
 from flowgpt_magic.server import LocalServer, offline_answer
 
 
@@ -289,7 +289,7 @@ def test_settings_from_ipython_config_apply_when_the_extension_loads(
         assert (magics.temperature, magics.default_model) == (1.5, "google-gemini")
     finally:
         shell.run_line_magic("unload_ext", "flowgpt_magic")
-        del shell.config["FlowGptMagics"]
+        shell.config.pop("FlowGptMagics", None)
 
 
 def test_a_bad_setting_is_refused(magics: FlowGptMagics) -> None:

@@ -29,7 +29,7 @@ from flowgpt_magic import (
     ResponseFormatError,
     ResponseTimeoutError,
 )
-from flowgpt_magic.provider import DEFAULT_SYSTEM_MESSAGE, GREETING
+from flowgpt_magic.flowgpt import DEFAULT_SYSTEM_MESSAGE, GREETING
 from flowgpt_magic.server import PATH, LocalServer, answer_pieces
 
 RawServerFactory = Callable[..., Awaitable[RawTestServer]]
@@ -149,12 +149,8 @@ async def test_api_url_argument_beats_the_environment(
 
 
 def test_the_real_endpoint_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowgpt_magic.provider import resolve_endpoint
-
     monkeypatch.delenv("FLOWGPT_API_URL", raising=False)
-    assert resolve_endpoint(None, FlowGpt.api_endpoint) == (
-        "https://prod-backend-k8s.flowgpt.com/v3/chat-anonymous"
-    )
+    assert FlowGpt.endpoint() == ("https://prod-backend-k8s.flowgpt.com/v3/chat-anonymous")
 
 
 async def test_proxy_is_used(flowgpt_server: LocalServer) -> None:
@@ -400,36 +396,21 @@ def test_provider_module_imports_nothing_from_ipython() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_decoder_gives_the_same_events_for_every_split_of_the_bytes() -> None:
-    from flowgpt_magic.provider import NdjsonDecoder
+def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:
+    from flowgpt_magic.provider import LineDecoder
 
-    stream = (
-        '{"event":"text","data":"Grüße "}\r\n\n{"event":"text","data":"✓ 🎉"}\n{"a":1}'.encode()
-    )
-    expected = [{"event": "text", "data": "Grüße "}, {"event": "text", "data": "✓ 🎉"}, {"a": 1}]
+    stream = '{"data":"Grüße "}\r\n\n{"data":"✓ 🎉"}\n{"a":1}'.encode()
+    expected = ['{"data":"Grüße "}'.encode(), b"", '{"data":"✓ 🎉"}'.encode(), b'{"a":1}']
     for cut in range(len(stream) + 1):
-        decoder = NdjsonDecoder()
-        events = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) + decoder.close()
-        assert events == expected, cut
+        decoder = LineDecoder()
+        lines = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) + decoder.close()
+        assert lines == expected, cut
 
 
 def test_decoder_refuses_an_endless_line() -> None:
-    from flowgpt_magic.provider import NdjsonDecoder
+    from flowgpt_magic.provider import LineDecoder
 
-    decoder = NdjsonDecoder(max_line_bytes=1000)
+    decoder = LineDecoder(max_line_bytes=1000)
     decoder.feed(b"x" * 600)
     with pytest.raises(ResponseFormatError, match="longer than 1000 bytes"):
         decoder.feed(b"x" * 600)
-
-
-async def test_an_unresolvable_host_is_named() -> None:
-    # .invalid is reserved (RFC 2606): no resolver may answer it.
-    with pytest.raises(ConnectionFailedError) as caught:
-        await collect(
-            FlowGpt.create_async_generator(
-                "gpt-3.5-turbo", USER, api_url=f"http://flowgpt.invalid{PATH}", connect_timeout=10
-            )
-        )
-    assert str(caught.value).startswith(
-        "Could not connect to flowgpt.invalid:80: the host name could not be resolved."
-    )

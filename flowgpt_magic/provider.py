@@ -1,0 +1,440 @@
+"""What every provider shares: the interface the magics use, and streaming over aiohttp.
+
+A provider is a class with ``models``, ``model_aliases``, ``default_model``, ``get_model()``
+and a ``create_async_generator()`` that returns an :class:`AsyncResult` of text pieces. The
+HTTP part is common: POST a JSON body, check the status, split the streamed body into lines
+and let the provider's :class:`LineParser` turn lines into text. Failures become the
+package's own exceptions, with credentials redacted.
+
+No IPython here; aiohttp is imported on first use, so loading the extension stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+from .exceptions import (
+    ConfigurationError,
+    ConnectionFailedError,
+    ConnectionLostError,
+    HTTPStatusError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestFailedError,
+    ResponseFormatError,
+    ResponseTimeoutError,
+    redact_url,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+Message = Mapping[str, str]
+Messages = Sequence[Message]
+
+#: A streamed line longer than this is an error rather than a reason to buffer forever.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+#: How much of an error body we read: enough for any error message, bounded for HTML pages.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError; aiohttp raises the former.
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
+
+
+class ProviderModelMixin:
+    """Model names, aliases and the default model of a provider."""
+
+    default_model: ClassVar[str]
+    models: ClassVar[list[str]]
+    model_aliases: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def get_model(cls, model: str | None) -> str:
+        """Resolve ``model`` (a name or an alias, any case) to a model name.
+
+        An empty name means the default model. Raises :class:`ModelNotFoundError`,
+        which lists the known models, for anything else.
+        """
+        if not model:
+            return cls.default_model
+        if model in cls.models:
+            return model
+        if model in cls.model_aliases:
+            return cls.model_aliases[model]
+        by_folded_name = {name.lower(): name for name in (*cls.models, *cls.model_aliases)}
+        if model.lower() in by_folded_name:
+            return cls.get_model(by_folded_name[model.lower()])
+        raise ModelNotFoundError(model, cls.models, cls.model_aliases)
+
+    @classmethod
+    def aliases_of(cls, model: str) -> list[str]:
+        """Every alias that resolves to ``model``."""
+        return [alias for alias, target in cls.model_aliases.items() if target == model]
+
+    @classmethod
+    async def list_models(cls, **options: Any) -> list[str]:
+        """The models on offer; providers whose server lists them ask it."""
+        return list(cls.models)
+
+
+class AsyncGeneratorProvider:
+    """A provider whose answer is an async iterator of text pieces."""
+
+    url: ClassVar[str]
+    working: ClassVar[bool] = True
+    supports_stream: ClassVar[bool] = True
+    supports_message_history: ClassVar[bool] = False
+    supports_system_message: ClassVar[bool] = False
+
+
+class AsyncResult:
+    """The answer stream returned by ``create_async_generator``.
+
+    Iterate it directly (``async for piece in FlowGpt.create_async_generator(...)``) or
+    await it first, as the seed's example does (``gen = await ...; async for piece in gen``).
+    ``aclose()`` (or ``contextlib.aclosing``) closes the connection at once.
+    """
+
+    def __init__(self, pieces: AsyncGenerator[str, None]) -> None:
+        self._pieces = pieces
+
+    def __aiter__(self) -> AsyncResult:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._pieces.__anext__()
+
+    def __await__(self) -> Generator[Any, None, AsyncResult]:
+        return self._itself().__await__()
+
+    async def _itself(self) -> AsyncResult:
+        return self
+
+    async def aclose(self) -> None:
+        await self._pieces.aclose()
+
+
+class LineParser(Protocol):
+    """Turns one line of a streamed body into a piece of answer text (or None)."""
+
+    #: Set once the stream says the answer is complete; later bytes are not read.
+    done: bool
+
+    def parse(self, line: bytes) -> str | None: ...
+
+    def finish(self) -> str | None:
+        """Called at the end of the body: text held back for a last, unterminated event."""
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def check_temperature(value: object) -> float:
+    """Return ``value`` as a float if it is a number in [0, 2]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"Temperature must be a number from 0 to 2, not {value!r}.")
+    if not (math.isfinite(value) and 0 <= value <= 2):
+        raise InvalidRequestError(f"Temperature must be a number from 0 to 2, not {value!r}.")
+    return float(value)
+
+
+def check_timeout(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds (or None for no limit), not {value!r}."
+        )
+    return float(value)
+
+
+def check_unexpected(provider: str, kwargs: Mapping[str, Any], accepted: str) -> None:
+    if kwargs:
+        raise InvalidRequestError(
+            f"Unexpected argument(s) {', '.join(sorted(kwargs))} for {provider}. It accepts "
+            f"{accepted}."
+        )
+
+
+def resolve_endpoint(url: str | None, env: str, default: str, example: str) -> str:
+    """The endpoint to use: the argument, else ``$env``, else the default; checked."""
+    chosen = url or os.environ.get(env) or default
+    parts = urlsplit(chosen)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        source = "the argument" if url else env if os.environ.get(env) else "the default"
+        raise ConfigurationError(
+            f"The endpoint {redact_url(chosen)!r} (from {source}) is not an http(s) URL with a "
+            f"host. Give a full URL, for example {example}."
+        )
+    return chosen
+
+
+def check_proxy(proxy: str | None) -> str | None:
+    if not proxy:
+        return None
+    parts = urlsplit(proxy)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"The proxy {redact_url(proxy)!r} is not an http(s) proxy URL. Use the form "
+            "http://[user:password@]host:port."
+        )
+    return proxy
+
+
+def checked_messages(messages: Messages) -> Sequence[Message]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidRequestError(
+            "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
+            f"not {type(messages).__name__}."
+        )
+    for index, message in enumerate(messages):
+        if not (
+            isinstance(message, Mapping)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise InvalidRequestError(
+                f"messages[{index}] must be a dict with string 'role' and 'content', "
+                f"not {message!r:.80}."
+            )
+    return messages
+
+
+# -- streaming ----------------------------------------------------------------------------
+
+
+class LineDecoder:
+    """Cuts network reads into lines, however the bytes were split.
+
+    Lines are cut at ``\\n`` bytes before anything is decoded, so a multi-byte UTF-8
+    character split across reads is reassembled: ``\\n`` never occurs inside one.
+    Blank lines are kept (server-sent events use them as separators); ``\\r`` is dropped.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max_line_bytes = max_line_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            if len(self._buffer) > self._max_line_bytes:
+                raise ResponseFormatError(
+                    f"The server sent a line longer than {self._max_line_bytes} bytes; this is "
+                    "not a chat answer stream. Check the endpoint URL."
+                )
+            return []
+        block = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return [line.rstrip(b"\r") for line in block.split(b"\n")]
+
+    def close(self) -> list[bytes]:
+        """What is left after the last newline (a final line need not end with one)."""
+        rest, self._buffer = bytes(self._buffer).rstrip(b"\r"), bytearray()
+        return [rest] if rest else []
+
+
+def decode_json_line(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        excerpt = line[:80].decode("utf-8", "replace")
+        raise ResponseFormatError(
+            f"The server sent a line that is not UTF-8 JSON ({excerpt!r}); this is not a chat "
+            "answer stream. Check the endpoint URL."
+        ) from None
+
+
+async def stream_text(
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    parser: LineParser,
+    proxy: str | None,
+    timeout: float | None,
+    connect_timeout: float | None,
+    session: aiohttp.ClientSession | None,
+    endpoint_hint: str,
+    status_advice: Mapping[int, str],
+) -> AsyncGenerator[str, None]:
+    """POST ``body`` and yield the answer's text pieces as ``parser`` finds them.
+
+    One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
+    response and the session right here, not whenever an inner one is collected.
+    ``endpoint_hint`` says how to change the endpoint (for error messages).
+    """
+    import aiohttp
+
+    client_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
+    own_session = session is None
+    if session is None:
+        session = aiohttp.ClientSession(timeout=client_timeout)
+    try:
+        try:
+            response = await session.post(
+                url, json=body, headers=headers, proxy=proxy, timeout=client_timeout
+            )
+        except (aiohttp.ClientError, *_TIMEOUTS) as error:
+            raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
+        async with response:
+            if not 200 <= response.status < 300:
+                raise await status_error(response, url, status_advice)
+            lines = LineDecoder()
+            try:
+                async for chunk in response.content.iter_any():
+                    for line in lines.feed(chunk):
+                        text = parser.parse(line)
+                        if text:
+                            yield text
+                        if parser.done:
+                            return
+            except (aiohttp.ClientError, *_TIMEOUTS) as error:
+                raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
+            for line in lines.close():
+                text = parser.parse(line)
+                if text:
+                    yield text
+            text = parser.finish()
+            if text:
+                yield text
+    finally:
+        if own_session:
+            await session.close()
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    return f"{parts.hostname}:{parts.port or default_port}"
+
+
+def translate_error(
+    error: BaseException,
+    url: str,
+    proxy: str | None,
+    timeout: aiohttp.ClientTimeout,
+    endpoint_hint: str,
+) -> RequestFailedError:
+    """One clear sentence for an aiohttp or timeout failure, with secrets redacted."""
+    import aiohttp
+
+    host = host_of(url)
+    if isinstance(error, aiohttp.ClientProxyConnectionError) or (
+        proxy and isinstance(error, aiohttp.ClientHttpProxyError)
+    ):
+        return ConnectionFailedError(
+            f"Could not reach {host} through the proxy {redact_url(proxy or '')}: "
+            f"{_reason(error)}. Check the proxy address and credentials."
+        )
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return ConnectionFailedError(
+            f"Could not connect to {host}: the host name could not be resolved. Check the "
+            f"endpoint URL ({endpoint_hint}) and your network."
+        )
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return ConnectionFailedError(
+            f"Could not connect to {host}: {_reason(error)}. Check that the server is running "
+            f"and that the endpoint URL ({endpoint_hint}) is right."
+        )
+    if isinstance(error, _TIMEOUTS):
+        if isinstance(error, aiohttp.ConnectionTimeoutError):
+            return ResponseTimeoutError(
+                f"Connecting to {host} took longer than {timeout.connect} s. Check that the "
+                "server is reachable, or raise the connect timeout."
+            )
+        return ResponseTimeoutError(
+            f"{host} sent nothing for {timeout.sock_read} s, so the request was abandoned. "
+            "The server may be overloaded; try again, or raise the timeout."
+        )
+    if isinstance(error, aiohttp.InvalidURL):
+        return ConnectionFailedError(
+            f"The endpoint URL {redact_url(url)!r} is not valid: {_reason(error)}."
+        )
+    return ConnectionLostError(
+        f"The connection to {host} failed while the answer was streaming "
+        f"({type(error).__name__}: {_reason(error)}). Try again."
+    )
+
+
+def _reason(error: BaseException) -> str:
+    os_error = getattr(error, "os_error", None)
+    if isinstance(os_error, OSError):
+        # asyncio's strerror is "Connect call failed (...)"; the errno says why, plainly.
+        if os_error.errno:
+            return os.strerror(os_error.errno).lower()
+        if os_error.strerror:
+            return os_error.strerror.lower()
+    text = str(error) or type(error).__name__
+    return redact_url(text) if "://" in text else text
+
+
+async def status_error(
+    response: aiohttp.ClientResponse, url: str, advice: Mapping[int, str]
+) -> HTTPStatusError:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_ERROR_BODY_BYTES:
+        try:
+            chunk = await response.content.read(MAX_ERROR_BODY_BYTES - size)
+        except Exception:  # a broken error body must not hide the status itself
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    excerpt = error_excerpt(b"".join(chunks), response.content_type)
+    status = response.status
+    what_to_do = advice.get(status) or (
+        "The server failed; try again later." if status >= 500 else "Check the request."
+    )
+    detail = f": {excerpt}" if excerpt else ""
+    return HTTPStatusError(
+        f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
+        + f"{detail}. {what_to_do}",
+        status=status,
+        body_excerpt=excerpt,
+    )
+
+
+def error_excerpt(body: bytes, content_type: str, limit: int = 200) -> str:
+    """A short, single-line summary of an error body: its JSON message, or its text."""
+    text = body.decode("utf-8", "replace").strip()
+    if "json" in content_type or text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            text = json_error_message(data) or text
+    if "html" in content_type or text.lstrip().lower().startswith(("<!doctype", "<html")):
+        text = "an HTML page" + (f" titled {title!r}" if (title := _html_title(text)) else "")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_error_message(data: Any) -> str | None:
+    """The message of ``{"error": "..."}``, ``{"error": {"message": "..."}}`` and the like."""
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            value = data.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, dict):
+                return json_error_message(value)
+    return None
+
+
+def _html_title(html: str) -> str:
+    lower = html.lower()
+    start, end = lower.find("<title>"), lower.find("</title>")
+    return html[start + 7 : end].strip() if 0 <= start < end else ""

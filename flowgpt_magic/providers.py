@@ -1,0 +1,106 @@
+"""The providers the magics can use, and model ids that name one: ``openai:gpt-4o-mini``.
+
+A bare model name keeps its FlowGPT meaning (``gemini``); ``flowgpt:gemini`` says the same.
+Adding a provider is one new module (a class with the provider interface, see
+``provider.py``) plus one line in ``PROVIDERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from traitlets.config import Configurable
+
+from .exceptions import InvalidRequestError
+from .flowgpt import FlowGpt
+from .openai_compatible import OpenAI, OpenAICompatible
+from .provider import AsyncResult, Messages
+
+
+class ChatProvider(Protocol):
+    """What the magics need of a provider class."""
+
+    default_model: ClassVar[str]
+    models: ClassVar[list[str]]
+    model_aliases: ClassVar[dict[str, str]]
+
+    @classmethod
+    def get_model(cls, model: str | None) -> str: ...
+
+    @classmethod
+    def aliases_of(cls, model: str) -> list[str]: ...
+
+    @classmethod
+    def endpoint(cls, **options: Any) -> str: ...
+
+    @classmethod
+    async def list_models(cls, **options: Any) -> list[str]: ...
+
+    @classmethod
+    def create_async_generator(
+        cls,
+        model: str,
+        messages: Messages,
+        proxy: str | None = ...,
+        temperature: float = ...,
+        **options: Any,
+    ) -> AsyncResult: ...
+
+
+class ProviderSettings(Protocol):
+    def request_options(self) -> dict[str, Any]:
+        """Keyword arguments for the provider's ``create_async_generator``."""
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    name: str
+    provider: type[ChatProvider]
+    description: str
+    #: Its own settings for %config (a Configurable with ``request_options()``), or None
+    #: when the magics' own settings serve (FlowGPT's endpoint is FlowGptMagics.api_url).
+    settings: type[Configurable] | None = None
+
+
+PROVIDERS = {
+    entry.name: entry
+    for entry in (
+        ProviderEntry("flowgpt", FlowGpt, "FlowGPT's anonymous chat (upstream: not working)"),
+        ProviderEntry(
+            "openai",
+            OpenAICompatible,
+            "OpenAI-compatible chat completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio",
+            OpenAI,
+        ),
+    )
+}
+DEFAULT_PROVIDER = "flowgpt"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    entry: ProviderEntry
+    model: str
+
+    @property
+    def id(self) -> str:
+        """The canonical id: bare for FlowGPT (as before providers existed), else prefixed."""
+        if self.entry.name == DEFAULT_PROVIDER:
+            return self.model
+        return f"{self.entry.name}:{self.model}"
+
+
+def resolve_model(model_id: str) -> ModelRef:
+    """Resolve ``provider:model`` or a bare FlowGPT name (aliases too) to a provider's model."""
+    name, sep, model = model_id.partition(":")
+    if not sep:
+        name, model = DEFAULT_PROVIDER, model_id
+    entry = PROVIDERS.get(name.lower())
+    if entry is None:
+        raise InvalidRequestError(
+            f"Unknown provider {name!r} in model {model_id!r}. Providers: "
+            f"{', '.join(PROVIDERS)}; write the model as PROVIDER:MODEL, e.g. "
+            f"openai:{model or 'gpt-4o-mini'}."
+        )
+    return ModelRef(entry, entry.provider.get_model(model))

@@ -1,0 +1,293 @@
+"""The OpenAI-compatible provider, the local server's OpenAI dialect (checked with the official
+``openai`` client), and the magics with ``provider:model`` ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from flowgpt_magic import (
+    HTTPStatusError,
+    InvalidRequestError,
+    OpenAICompatible,
+    RequestFailedError,
+    ResponseFormatError,
+)
+from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.server import OPENAI_MODELS, OPENAI_PATH, PATH, LocalServer, answer_pieces
+
+RawServerFactory = Callable[..., Awaitable[RawTestServer]]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "One"},
+    {"role": "assistant", "content": "Two"},
+    {"role": "user", "content": "Three?"},
+]
+
+
+def base_url(server: LocalServer) -> str:
+    return server.url.removesuffix(PATH) + OPENAI_PATH
+
+
+async def collect(result: AsyncIterator[str]) -> list[str]:
+    return [piece async for piece in result]
+
+
+@pytest.fixture
+def openai_server(flowgpt_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> LocalServer:
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url(flowgpt_server))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return flowgpt_server
+
+
+# -- the provider -------------------------------------------------------------------------
+
+
+async def test_streams_the_answer_and_sends_messages_as_they_are(
+    openai_server: LocalServer,
+) -> None:
+    pieces = await collect(
+        OpenAICompatible.create_async_generator("llama3.2", MESSAGES, temperature=0.3)
+    )
+    (request,) = openai_server.state.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.body == {
+        "model": "llama3.2",
+        "messages": MESSAGES,
+        "temperature": 0.3,
+        "stream": True,
+    }
+    assert request.headers["Accept"] == "text/event-stream"
+    assert "Authorization" not in request.headers  # no key configured: none sent
+    assert pieces == answer_pieces(request.body)
+    assert "Context: 2 earlier messages; system message: «Be brief.»" in "".join(pieces)
+
+
+async def test_the_api_key_comes_from_the_argument_or_the_environment(
+    openai_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openai_server.state.options.api_key = "sk-local-test"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    await collect(OpenAICompatible.create_async_generator("gpt-4o", MESSAGES))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    await collect(
+        OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, api_key="sk-local-test")
+    )
+    assert [r.headers["Authorization"] for r in openai_server.state.requests] == [
+        "Bearer sk-local-test"
+    ] * 2
+
+
+async def test_a_refused_key_is_a_401_that_never_shows_the_key(openai_server: LocalServer) -> None:
+    openai_server.state.options.api_key = "sk-right"
+    with pytest.raises(HTTPStatusError) as caught:
+        await collect(
+            OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, api_key="sk-wrong-secret")
+        )
+    assert caught.value.status == 401
+    assert "Incorrect API key provided" in str(caught.value)
+    assert "set OPENAI_API_KEY or %config OpenAI.api_key" in str(caught.value)
+    assert "sk-wrong-secret" not in str(caught.value)
+
+
+async def test_an_unknown_model_is_a_404_that_says_so(openai_server: LocalServer) -> None:
+    with pytest.raises(HTTPStatusError) as caught:
+        await collect(OpenAICompatible.create_async_generator("gpt-5-imaginary", MESSAGES))
+    assert caught.value.status == 404
+    assert "The model `gpt-5-imaginary` does not exist" in str(caught.value)
+    assert "the base URL is wrong" in str(caught.value)
+
+
+async def test_the_base_url_argument_beats_the_environment(
+    openai_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = base_url(openai_server)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert await collect(OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, base_url=real))
+
+
+def test_bad_input_is_refused_before_sending() -> None:
+    with pytest.raises(InvalidRequestError, match="Temperature must be"):
+        OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, temperature=9)
+    with pytest.raises(InvalidRequestError, match="is not a model name"):
+        OpenAICompatible.create_async_generator(" gpt-4o", MESSAGES)
+    with pytest.raises(InvalidRequestError, match="api_url"):
+        OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, api_url="http://x")
+
+
+def sse_handler(chunks: list[bytes]) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+def delta(text: str) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}, ensure_ascii=False)
+
+
+async def test_server_sent_events_are_read_as_the_spec_says(
+    aiohttp_raw_server: RawServerFactory,
+) -> None:
+    stream = (
+        ": a comment, then a role-only chunk\n"
+        'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n'
+        f"event: message\ndata: {delta('Grüße ')}\n\n"
+        f"data: {delta('✓')}\r\n\r\n"
+        'data: {"choices": []}\n\n'
+        "data: [DONE]\n\n"
+        "this is not read: the answer ended at [DONE]\n"
+    ).encode()
+    server = await aiohttp_raw_server(sse_handler([stream[i : i + 1] for i in range(len(stream))]))
+    pieces = await collect(
+        OpenAICompatible.create_async_generator("m", MESSAGES, base_url=str(server.make_url("/v1")))
+    )
+    assert pieces == ["Grüße ", "✓"]
+
+
+@pytest.mark.parametrize(
+    ("stream", "error", "words"),
+    [
+        (b'data: {"error": {"message": "overloaded"}}\n\n', RequestFailedError, "overloaded"),
+        (b"data: {broken\n\n", ResponseFormatError, "not UTF-8 JSON"),
+        (b'data: {"object": "something else"}\n\n', ResponseFormatError, "not a chat-completion"),
+    ],
+)
+async def test_bad_events_raise_our_own_errors(
+    aiohttp_raw_server: RawServerFactory, stream: bytes, error: type[Exception], words: str
+) -> None:
+    server = await aiohttp_raw_server(sse_handler([stream]))
+    with pytest.raises(error, match=words):
+        await collect(
+            OpenAICompatible.create_async_generator(
+                "m", MESSAGES, base_url=str(server.make_url("/v1"))
+            )
+        )
+
+
+async def test_models_are_listed_by_the_server(openai_server: LocalServer) -> None:
+    assert await OpenAICompatible.list_models() == sorted(OPENAI_MODELS)
+
+
+# -- the official client against our server ------------------------------------------------
+
+
+def test_the_official_openai_client_streams_from_the_local_server(
+    openai_server: LocalServer,
+) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url(openai_server), api_key="sk-anything")
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        temperature=0.5,
+        stream=True,  # type: ignore[arg-type]
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "".join(answer_pieces(openai_server.state.requests[0].body))
+
+    whole = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert whole.choices[0].message.content == "".join(
+        answer_pieces(openai_server.state.requests[1].body)
+    )
+    assert sorted(model.id for model in client.models.list()) == sorted(OPENAI_MODELS)
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+# -- the magics ---------------------------------------------------------------------------
+
+
+def test_a_cell_can_name_the_provider(
+    shell: InteractiveShell, openai_server: LocalServer, magics: FlowGptMagics
+) -> None:
+    assert shell.run_cell("%%flowgpt\nFirst, to FlowGPT").error_in_exec is None
+    assert shell.run_cell("%%flowgpt -m openai:llama3.2\nThen to Ollama").error_in_exec is None
+    assert shell.run_cell("%%flowgpt -m flowgpt:gemini\nBack again").error_in_exec is None
+
+    flowgpt_1, openai, flowgpt_2 = openai_server.state.requests
+    assert (flowgpt_1.path, openai.path, flowgpt_2.path) == (PATH, "/v1/chat/completions", PATH)
+    assert openai.body["model"] == "llama3.2"
+    # The conversation carries over between providers.
+    assert [m["content"] for m in openai.body["messages"]][::2] == [
+        "First, to FlowGPT",
+        "Then to Ollama",
+    ]
+    assert flowgpt_2.body["model"] == "google-gemini"
+    assert len(flowgpt_2.body["history"]) == 5
+    assert [m.model for m in magics.conversation if m.role == "assistant"] == [
+        "gpt-3.5-turbo",
+        "openai:llama3.2",
+        "google-gemini",
+    ]
+
+
+def test_config_points_the_provider_at_a_server_and_hides_the_key(
+    shell: InteractiveShell,
+    flowgpt_server: LocalServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    flowgpt_server.state.options.api_key = "sk-notebook-secret"
+    shell.run_line_magic("config", f"OpenAI.base_url = {base_url(flowgpt_server)!r}")
+    shell.run_line_magic("config", "OpenAI.api_key = 'sk-notebook-secret'")
+    assert shell.run_cell("%%flowgpt -m openai:gpt-4o\nHello").error_in_exec is None
+    assert flowgpt_server.state.requests[0].headers["Authorization"] == "Bearer sk-notebook-secret"
+
+    shell.run_line_magic("config", "OpenAI")
+    out = capsys.readouterr().out
+    assert "Current: '***'" in out and "sk-notebook-secret" not in out
+
+
+def test_the_default_model_can_be_any_provider_s(
+    shell: InteractiveShell,
+    openai_server: LocalServer,
+    magics: FlowGptMagics,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shell.run_line_magic("flowgpt_model", "openai:llama3.2")
+    assert magics.default_model == "openai:llama3.2"
+    shell.run_cell("%%flowgpt\nHi")
+    assert openai_server.state.requests[0].body["model"] == "llama3.2"
+
+    capsys.readouterr()
+    shell.run_line_magic("flowgpt_model", "")
+    listing = capsys.readouterr().out
+    assert listing.startswith("Default model: openai:llama3.2")
+    assert "flowgpt: FlowGPT's anonymous chat" in listing
+    assert "   google-gemini  (aliases: gemini, gemini-pro)" in listing
+    assert f"  endpoint: {base_url(openai_server)}" in listing
+    # The OpenAI-compatible server's own models, asked for with GET /models.
+    assert " * openai:llama3.2" in listing and "   openai:gpt-4o-mini" in listing
+
+
+def test_an_unknown_provider_is_a_clear_error(shell: InteractiveShell) -> None:
+    error = shell.run_cell("%%flowgpt -m anthropic:claude\nHi").error_in_exec
+    assert isinstance(error, UsageError)
+    assert "Unknown provider 'anthropic'" in str(error) and "flowgpt, openai" in str(error)
+
+
+def test_listing_falls_back_to_known_models_when_the_server_is_unreachable(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LocalServer() as gone:
+        closed = base_url(gone)
+    monkeypatch.setenv("OPENAI_BASE_URL", closed)
+    shell.run_line_magic("flowgpt_model", "")
+    listing = capsys.readouterr().out
+    assert "(could not list the server's models: Could not connect to 127.0.0.1:" in listing
+    assert "   openai:gpt-4o-mini" in listing
