@@ -21,14 +21,12 @@ from .provider import (
     AsyncResult,
     Messages,
     ProviderModelMixin,
-    check_proxy,
     check_temperature,
-    check_timeout,
     check_unexpected,
     checked_messages,
     decode_json_line,
     resolve_endpoint,
-    stream_text,
+    start_stream,
 )
 
 if TYPE_CHECKING:
@@ -115,19 +113,17 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
         )
         resolved = cls.get_model(model)
         body = build_body(resolved, messages, check_temperature(temperature))
-        return AsyncResult(
-            stream_text(
-                cls.endpoint(api_url=api_url),
-                headers=signed_headers(),
-                body=body,
-                parser=NdjsonTextParser(),
-                proxy=check_proxy(proxy),
-                timeout=check_timeout("timeout", timeout),
-                connect_timeout=check_timeout("connect_timeout", connect_timeout),
-                session=session,
-                endpoint_hint=f"{API_URL_ENV} or api_url",
-                status_advice=_STATUS_ADVICE,
-            )
+        return start_stream(
+            cls.endpoint(api_url=api_url),
+            headers=signed_headers(),
+            body=body,
+            parser=NdjsonTextParser(),
+            proxy=proxy,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            session=session,
+            endpoint_hint=f"{API_URL_ENV} or api_url",
+            status_advice=_STATUS_ADVICE,
         )
 
     @classmethod

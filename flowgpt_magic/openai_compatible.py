@@ -32,12 +32,11 @@ from .provider import (
     ProviderModelMixin,
     check_proxy,
     check_temperature,
-    check_timeout,
     check_unexpected,
     checked_messages,
     decode_json_line,
     resolve_endpoint,
-    stream_text,
+    start_stream,
 )
 
 if TYPE_CHECKING:
@@ -133,19 +132,17 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             "temperature": check_temperature(temperature),
             "stream": True,
         }
-        return AsyncResult(
-            stream_text(
-                cls.endpoint(base_url) + "/chat/completions",
-                headers=_headers(api_key, accept="text/event-stream"),
-                body=body,
-                parser=SseTextParser(),
-                proxy=check_proxy(proxy),
-                timeout=check_timeout("timeout", timeout),
-                connect_timeout=check_timeout("connect_timeout", connect_timeout),
-                session=session,
-                endpoint_hint=_ENDPOINT_HINT,
-                status_advice=_STATUS_ADVICE,
-            )
+        return start_stream(
+            cls.endpoint(base_url) + "/chat/completions",
+            headers=_headers(api_key, accept="text/event-stream"),
+            body=body,
+            parser=SseTextParser(),
+            proxy=proxy,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            session=session,
+            endpoint_hint=_ENDPOINT_HINT,
+            status_advice=_STATUS_ADVICE,
         )
 
     @classmethod

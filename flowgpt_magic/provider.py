@@ -251,7 +251,38 @@ def decode_json_line(line: bytes) -> Any:
         ) from None
 
 
-async def stream_text(
+def start_stream(
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    parser: LineParser,
+    proxy: str | None,
+    timeout: float | None,
+    connect_timeout: float | None,
+    session: aiohttp.ClientSession | None,
+    endpoint_hint: str,
+    status_advice: Mapping[int, str],
+) -> AsyncResult:
+    """Check the connection settings now, and return the answer stream; nothing is sent
+    until it is iterated. ``endpoint_hint`` says how to change the endpoint (for errors)."""
+    return AsyncResult(
+        _stream_text(
+            url,
+            headers=headers,
+            body=body,
+            parser=parser,
+            proxy=check_proxy(proxy),
+            timeout=check_timeout("timeout", timeout),
+            connect_timeout=check_timeout("connect_timeout", connect_timeout),
+            session=session,
+            endpoint_hint=endpoint_hint,
+            status_advice=status_advice,
+        )
+    )
+
+
+async def _stream_text(
     url: str,
     *,
     headers: Mapping[str, str],
@@ -268,7 +299,6 @@ async def stream_text(
 
     One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
     response and the session right here, not whenever an inner one is collected.
-    ``endpoint_hint`` says how to change the endpoint (for error messages).
     """
     import aiohttp
 

@@ -387,7 +387,8 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
 
 def test_provider_module_imports_nothing_from_ipython() -> None:
     code = (
-        "import sys, flowgpt_magic.provider; "
+        "import sys, flowgpt_magic.providers, flowgpt_magic.flowgpt, "
+        "flowgpt_magic.openai_compatible; "
         "roots = {m.split('.')[0] for m in sys.modules}; "
         "print(sorted(roots & {'IPython', 'ipywidgets', 'aiohttp'}))"
     )
