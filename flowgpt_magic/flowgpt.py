@@ -24,7 +24,7 @@ from .provider import (
     check_temperature,
     check_unexpected,
     checked_messages,
-    decode_json_line,
+    decode_json_lines,
     resolve_endpoint,
     start_stream,
 )
@@ -184,21 +184,20 @@ class NdjsonTextParser:
 
     done = False
 
-    def parse(self, line: bytes) -> str | None:
-        return text_of(decode_json_line(line)) if line.strip() else None
+    def parse(self, block: bytes) -> list[str]:
+        pieces = []
+        # The hot loop of a long answer: plain checks inline, no call per event.
+        for event in decode_json_lines(block):
+            if event.__class__ is dict and event.get("event") == "text":
+                data = event.get("data")
+                if data.__class__ is not str:
+                    raise ResponseFormatError(
+                        f"The server sent a text event whose data is {type(data).__name__}, "
+                        "not a string; this is not a FlowGPT answer stream."
+                    )
+                if data:
+                    pieces.append(data)
+        return pieces
 
-    def finish(self) -> str | None:
-        return None
-
-
-def text_of(event: Any) -> str | None:
-    """The answer text an event carries, or None for events that carry none."""
-    if not isinstance(event, dict) or event.get("event") != "text":
-        return None
-    data = event.get("data")
-    if not isinstance(data, str):
-        raise ResponseFormatError(
-            f"The server sent a text event whose data is {type(data).__name__}, not a string; "
-            "this is not a FlowGPT answer stream."
-        )
-    return data
+    def finish(self) -> list[str]:
+        return []

@@ -206,16 +206,24 @@ class SseTextParser:
         self.done = False
         self._data: list[bytes] = []
 
-    def parse(self, line: bytes) -> str | None:
-        if not line:  # a blank line ends an event
-            return self._dispatch()
-        if line.startswith(b"data:"):
-            self._data.append(line[5:].removeprefix(b" "))
-        # Comments (":"), "event:", "id:" and "retry:" lines carry no text.
-        return None
+    def parse(self, block: bytes) -> list[str]:
+        pieces = []
+        for line in block.split(b"\n"):
+            line = line.rstrip(b"\r")
+            if not line:  # a blank line ends an event
+                text = self._dispatch()
+                if text:
+                    pieces.append(text)
+                if self.done:
+                    break
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].removeprefix(b" "))
+            # Comments (":"), "event:", "id:" and "retry:" lines carry no text.
+        return pieces
 
-    def finish(self) -> str | None:
-        return self._dispatch()
+    def finish(self) -> list[str]:
+        text = self._dispatch()
+        return [text] if text else []
 
     def _dispatch(self) -> str | None:
         data, self._data = b"\n".join(self._data), []

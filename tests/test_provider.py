@@ -398,20 +398,81 @@ def test_provider_module_imports_nothing_from_ipython() -> None:
 
 
 def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:
-    from flowgpt_magic.provider import LineDecoder
+    from flowgpt_magic.provider import LineBuffer
 
     stream = '{"data":"Grüße "}\r\n\n{"data":"✓ 🎉"}\n{"a":1}'.encode()
-    expected = ['{"data":"Grüße "}'.encode(), b"", '{"data":"✓ 🎉"}'.encode(), b'{"a":1}']
     for cut in range(len(stream) + 1):
-        decoder = LineDecoder()
-        lines = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) + decoder.close()
-        assert lines == expected, cut
+        buffer = LineBuffer()
+        blocks = [buffer.feed(stream[:cut]), buffer.feed(stream[cut:]), buffer.close()]
+        assert b"\n".join(block for block in blocks if block) == stream, cut
 
 
-def test_decoder_refuses_an_endless_line() -> None:
-    from flowgpt_magic.provider import LineDecoder
+def test_the_line_buffer_refuses_an_endless_line() -> None:
+    from flowgpt_magic.provider import LineBuffer
 
-    decoder = LineDecoder(max_line_bytes=1000)
-    decoder.feed(b"x" * 600)
+    buffer = LineBuffer(max_line_bytes=1000)
+    buffer.feed(b"x" * 600)
     with pytest.raises(ResponseFormatError, match="longer than 1000 bytes"):
-        decoder.feed(b"x" * 600)
+        buffer.feed(b"x" * 600)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b'{"event": "text", "data": "a"}\n{"event": "text", "data": "b"}',
+        b'{"event": "start", "data": {"model": "m"}, "n": 1}\n{"event": "text", "data": "},"}',
+        b'{"a": 1}\r\n\n  {"b": [1, 2]}\n{"c": "\\u00e9"}',
+        b'[1, 2]\n"text"\n{"d": null}',
+    ],
+)
+def test_batched_decoding_gives_what_line_by_line_gives(block: bytes) -> None:
+    from flowgpt_magic.provider import decode_json_lines
+
+    by_line = [json.loads(line) for line in block.split(b"\n") if line.strip()]
+    assert decode_json_lines(block) == by_line
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        # A value spanning two lines, made up for by a line holding two values: joined into
+        # one array this parses with one value a line, but no single line is valid JSON.
+        b'{"a": [{"b": 1}\n{"c": 2}]}\n'
+        b'{"event": "text", "data": "x"},{"event": "text", "data": "y"}',
+        # A string spanning the line break.
+        b'{"a": "}\n{", "b": 1}\n{"c": 1}, {"d": 2}',
+        b'{"ok": 1}\n{not json}',
+        b'{"ok": 1}\n{"bad": "\xff"}',
+    ],
+)
+def test_batched_decoding_refuses_what_line_by_line_refuses(block: bytes) -> None:
+    from flowgpt_magic.provider import decode_json_lines
+
+    with pytest.raises(ResponseFormatError, match="not UTF-8 JSON"):
+        decode_json_lines(block)
+
+
+def test_the_spanning_value_would_fool_a_naive_batch() -> None:
+    # Why decode_json_lines checks before it batches: this block, joined into one array,
+    # parses with exactly one value a line, and yields text no line really carries.
+    lines = [
+        b'{"a": [{"b": 1}',
+        b'{"c": 2}]}',
+        b'{"event": "text", "data": "x"},{"event": "text", "data": "y"}',
+    ]
+    naive = json.loads(b"[" + b",\n".join(lines) + b"]")
+    assert len(naive) == len(lines)
+    assert [event.get("data") for event in naive[1:]] == ["x", "y"]
+
+
+async def test_an_unresolvable_host_is_named() -> None:
+    # .invalid is reserved (RFC 2606): no resolver may answer it.
+    with pytest.raises(ConnectionFailedError) as caught:
+        await collect(
+            FlowGpt.create_async_generator(
+                "gpt-3.5-turbo", USER, api_url=f"http://flowgpt.invalid{PATH}", connect_timeout=10
+            )
+        )
+    assert str(caught.value).startswith(
+        "Could not connect to flowgpt.invalid:80: the host name could not be resolved."
+    )
