@@ -1,9 +1,12 @@
 """A server for benchmarks: answers any POST with one pre-encoded NDJSON answer of N pieces.
 
-    python benchmarks/stream_server.py PIECES     # prints its URL, serves until killed
+    python benchmarks/stream_server.py PIECES [RATE]   # prints its URL, serves until killed
 
-It runs in its own process, so that the client being measured has a core of its own, and
-writes the body in 64 KiB blocks, so that the server is never the bottleneck.
+It runs in its own process, so that the client being measured has a core of its own. With
+no RATE it writes the body in 64 KiB blocks as fast as it can, so that the server is never
+the bottleneck. With RATE (pieces a second) it waits 0.2 s, as a model does before its first
+word, then sends the pieces every 10 ms at that rate, and prints on stdout the wall-clock
+time at which it wrote the first piece ("first-piece TIME").
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 
 from aiohttp import web
 
@@ -30,15 +34,27 @@ def expected_text(pieces: int) -> str:
     return "".join(piece(i) for i in range(pieces))
 
 
-async def main(pieces: int) -> None:
+async def main(pieces: int, rate: float | None) -> None:
     body = answer_body(pieces)
+    lines = body.splitlines(keepends=True)
 
     async def answer(request: web.Request) -> web.StreamResponse:
         await request.read()
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        for start in range(0, len(body), 65536):
-            await response.write(body[start : start + 65536])
+        if rate is None:
+            for start in range(0, len(body), 65536):
+                await response.write(body[start : start + 65536])
+        else:
+            await response.write(lines[0])  # the start event
+            await asyncio.sleep(0.2)
+            per_tick = max(1, round(rate / 100))
+            started = time.monotonic()
+            for tick, start in enumerate(range(1, len(lines), per_tick)):
+                await asyncio.sleep(max(0.0, started + tick / 100 - time.monotonic()))
+                await response.write(b"".join(lines[start : start + per_tick]))
+                if tick == 0:
+                    print(f"first-piece {time.time()}", flush=True)
         await response.write_eof()
         return response
 
@@ -54,4 +70,4 @@ async def main(pieces: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ FILE_VERSION = 1
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long history costs little beyond its text
 class Message:
     role: str
     content: str
@@ -119,6 +118,8 @@ class Conversation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the conversation as JSON, atomically: a crash leaves the old file or the new."""
+        import tempfile  # here, not at import time: loading the extension must stay cheap
+
         target = Path(path).expanduser()
         text = json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n"
         try:

@@ -2,19 +2,22 @@
 
 The widget view shows a waiting line, then captures this cell's stdout into an
 ``ipywidgets.Output``: the text travels as ordinary stream messages, which the frontend
-appends, so each update carries only the new text instead of the whole answer. Flushes are
-coalesced: the first piece at once, later ones at most ``1 / FLUSH_INTERVAL`` times a second.
+appends, so each update carries only the new text instead of the whole answer. Updates are
+coalesced: pieces collect in a list, and are written to stdout, joined, the first at once
+and later ones at most ``1 / FLUSH_INTERVAL`` times a second: one stream message each, and
+no per-piece cost in the kernel's stdout.
 When the answer ends, the widget is replaced by a static text output, so a saved notebook,
 an export or a frontend without widgets still shows the answer, and the widget is closed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
 import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: Seconds between two display updates while an answer streams (at most 20 a second).
 FLUSH_INTERVAL = 0.05
@@ -46,50 +49,69 @@ class TextView:
 
 
 class WidgetView:
-    """An Output widget with a waiting line; replaced by static text when the answer ends."""
+    """An Output widget that shows a waiting line until the first piece, then the answer;
+    replaced by static text when the answer ends.
+
+    One widget, not a box of two: every widget costs comm messages to open and close.
+    """
 
     def __init__(self, waiting: str) -> None:
+        import html
+
         import ipywidgets
         from IPython.display import display
 
-        self._waiting = ipywidgets.HTML(
-            f'<span style="color: var(--jp-ui-font-color2, #757575); font-style: italic">'
-            f"{html.escape(waiting)}</span>"
-        )
-        self._output = ipywidgets.Output()
-        self._box = ipywidgets.VBox([self._waiting, self._output])
-        self._handle: Any = display(self._box, display_id=True)
-        self._output.__enter__()  # from here on, this cell's stdout goes into the widget
+        waiting_line = {
+            "output_type": "display_data",
+            "data": {
+                "text/html": '<span style="color: var(--jp-ui-font-color2, #757575); '
+                f'font-style: italic">{html.escape(waiting)}</span>',
+                "text/plain": waiting,
+            },
+            "metadata": {},
+        }
+        self._output = ipywidgets.Output(outputs=(waiting_line,))
+        self._handle: Any = display(self._output, display_id=True)
+        # From here on this cell's output goes into the widget. This is what
+        # Output.__enter__ does, less its flush of stdout and stderr: display() has just
+        # flushed both, and every flush waits for the kernel's IO thread.
+        self._output.msg_id = _current_msg_id()
         self._capturing = True
+        self._pending: list[str] = []
         self._started = False
         self._last_flush = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, piece: str) -> None:
-        sys.stdout.write(piece)
+        self._pending.append(piece)
+        if self._timer is not None:
+            return  # a flush is due soon; it takes this piece along
         if not self._started:
             self._started = True
-            self._waiting.layout.display = "none"
+            self._output.outputs = ()  # the waiting line goes; the text follows
             self._flush()
             return
         wait = self._last_flush + FLUSH_INTERVAL - time.monotonic()
         if wait <= 0:
             self._flush()
-        elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(wait, self._flush)
-            except RuntimeError:  # written to from outside a loop: no timer to wait for
-                self._flush()
+            return
+        import asyncio
+
+        try:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._flush)
+        except RuntimeError:  # written to from outside a loop: no timer to wait for
+            self._flush()
 
     def finish(self, text: str) -> None:
         if not self._capturing:
             return
         self._flush()
         self._capturing = False
-        self._output.__exit__(None, None, None)
+        # Stop capturing before anything else is shown: an error line after the answer
+        # (an interrupt, a failed request) must land in the cell, not in a closed widget.
+        self._output.msg_id = ""
         self._handle.update({"text/plain": text}, raw=True)
-        self._box.close()
-        self._waiting.close()
+        self._output.layout.close()
         self._output.close()
 
     def _flush(self) -> None:
@@ -97,7 +119,19 @@ class WidgetView:
             self._timer.cancel()
             self._timer = None
         self._last_flush = time.monotonic()
+        if self._pending:
+            sys.stdout.write("".join(self._pending))
+            self._pending.clear()
         sys.stdout.flush()
+
+
+def _current_msg_id() -> str:
+    """The id of the execute request this cell runs for (as ipywidgets finds it)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    parent = shell.get_parent() if hasattr(shell, "get_parent") else shell.kernel.get_parent()
+    return str(parent["header"]["msg_id"])
 
 
 def open_view(use_widget: bool, waiting: str) -> StreamView:

@@ -9,8 +9,6 @@ This module knows nothing of IPython. aiohttp is imported on first use.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import string
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -136,6 +134,9 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
 
 def signed_headers(authorization: str = ANONYMOUS_AUTHORIZATION) -> dict[str, str]:
     """Request headers with a fresh timestamp, nonce, signature and device id."""
+    import hashlib  # here, not at import time: loading the extension must stay cheap
+    import secrets
+
     timestamp = str(int(time.time()))
     nonce = secrets.token_hex(16)
     signature = hashlib.md5(

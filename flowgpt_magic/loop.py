@@ -14,13 +14,15 @@ is unwinding raises KeyboardInterrupt at once.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -31,12 +33,18 @@ class LoopRunner:
     def __init__(self) -> None:
         self._private_loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop cells run on: the kernel's (made re-entrant), else our private one."""
         loop = _running_loop()
         if loop is None:
-            loop = self._loop()
-        else:
-            _make_reentrant(loop)
+            return self._loop()
+        _make_reentrant(loop)
+        return loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        import asyncio  # here, not at import time: loading the extension must stay cheap
+
+        loop = self.loop()
         task = loop.create_task(coroutine)
         interrupted = threading.Event()
         try:
@@ -60,12 +68,16 @@ class LoopRunner:
             loop.close()
 
     def _loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         if self._private_loop is None or self._private_loop.is_closed():
             self._private_loop = asyncio.new_event_loop()
         return self._private_loop
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
+    import asyncio
+
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -81,6 +93,8 @@ def _make_reentrant(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _cancel_and_wait(task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop) -> None:
+    import asyncio
+
     if task.done():
         return
     task.cancel()

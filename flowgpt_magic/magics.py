@@ -91,6 +91,8 @@ class FlowGptMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.conversation = Conversation()
         self._runner = LoopRunner()
+        self._session: Any = None  # aiohttp.ClientSession, made on first use
+        self._session_loop: Any = None
         # Each provider's own settings, configurable like ours: %config OpenAI.base_url = ...
         self.provider_settings: dict[str, Any] = {
             entry.name: entry.settings(parent=shell)
@@ -119,7 +121,25 @@ class FlowGptMagics(Magics):
             raise TraitError(str(error)) from None
 
     def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            self._runner.run(self._session.close())
         self._runner.close()
+
+    def _http_session(self) -> Any:
+        """One aiohttp session for every cell, so connections are reused between cells.
+
+        It belongs to the loop that runs the cells, and is made anew if that changes.
+        """
+        loop = self._runner.loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+
+            async def new_session() -> Any:
+                import aiohttp
+
+                return aiohttp.ClientSession()
+
+            self._session, self._session_loop = self._runner.run(new_session()), loop
+        return self._session
 
     def request_options(self) -> dict[str, Any]:
         """FlowGPT's options: its settings are ours (the magics are named after it)."""
@@ -170,6 +190,7 @@ class FlowGptMagics(Magics):
                 temperature=request.temperature,
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
+                session=self._http_session(),
                 **self._settings_of(ref.entry).request_options(),
             )
         text = self._stream(answer, open_view(self._use_widget(), f"Waiting for {request.model}…"))

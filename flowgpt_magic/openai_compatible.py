@@ -165,9 +165,10 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         """The model ids the server offers (``GET {base_url}/models``), sorted."""
         import aiohttp
 
-        from .provider import _TIMEOUTS, status_error, translate_error
+        from .provider import status_error, timeout_errors, translate_error
 
         url = cls.endpoint(base_url) + "/models"
+        failures: tuple[type[Exception], ...] = (aiohttp.ClientError, *timeout_errors())
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         async with aiohttp.ClientSession(timeout=client_timeout) as session:
             try:
@@ -179,7 +180,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                     if response.status != 200:
                         raise await status_error(response, url, _STATUS_ADVICE)
                     data = await response.json(content_type=None)
-            except (aiohttp.ClientError, *_TIMEOUTS) as error:
+            except failures as error:
                 raise translate_error(error, url, proxy, client_timeout, _ENDPOINT_HINT) from None
             except ValueError:
                 raise ResponseFormatError(f"{url} did not answer with JSON.") from None

@@ -11,7 +11,6 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -43,8 +42,6 @@ Messages = Sequence[Message]
 MAX_LINE_BYTES = 16 * 1024 * 1024
 #: How much of an error body we read: enough for any error message, bounded for HTML pages.
 MAX_ERROR_BODY_BYTES = 64 * 1024
-# On Python 3.10 asyncio.TimeoutError is not the builtin TimeoutError; aiohttp raises the former.
-_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 
 
 class ProviderModelMixin:
@@ -338,6 +335,7 @@ async def _stream_text(
     """
     import aiohttp
 
+    failures: tuple[type[Exception], ...] = (aiohttp.ClientError, *timeout_errors())
     client_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
     own_session = session is None
     if session is None:
@@ -347,7 +345,7 @@ async def _stream_text(
             response = await session.post(
                 url, json=body, headers=headers, proxy=proxy, timeout=client_timeout
             )
-        except (aiohttp.ClientError, *_TIMEOUTS) as error:
+        except failures as error:
             raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
         async with response:
             if not 200 <= response.status < 300:
@@ -361,7 +359,7 @@ async def _stream_text(
                             yield piece
                         if parser.done:
                             return
-            except (aiohttp.ClientError, *_TIMEOUTS) as error:
+            except failures as error:
                 raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
             rest = lines.close()
             for piece in [*(parser.parse(rest) if rest else []), *parser.finish()]:
@@ -372,6 +370,13 @@ async def _stream_text(
 
 
 # -- errors -------------------------------------------------------------------------------
+
+
+def timeout_errors() -> tuple[type[Exception], ...]:
+    """The timeout exceptions aiohttp may raise (asyncio's is not the builtin on 3.10)."""
+    import asyncio  # not at import time: loading the extension must stay cheap
+
+    return (asyncio.TimeoutError, TimeoutError)
 
 
 def host_of(url: str) -> str:
@@ -408,7 +413,7 @@ def translate_error(
             f"Could not connect to {host}: {_reason(error)}. Check that the server is running "
             f"and that the endpoint URL ({endpoint_hint}) is right."
         )
-    if isinstance(error, _TIMEOUTS):
+    if isinstance(error, timeout_errors()):
         if isinstance(error, aiohttp.ConnectionTimeoutError):
             return ResponseTimeoutError(
                 f"Connecting to {host} took longer than {timeout.connect} s. Check that the "

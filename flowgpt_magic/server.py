@@ -46,6 +46,8 @@ _PIECE = re.compile(r"\S+\s*")
 class ServerOptions:
     #: Seconds to wait before each piece (makes streaming visible).
     delay: float = 0.0
+    #: Seconds to wait, once, before the first piece, as a model does before its first word.
+    first_delay: float = 0.0
     #: Pad every answer to at least this many pieces (long answers for tests).
     min_pieces: int = 0
     #: When set, the OpenAI-compatible side requires ``Authorization: Bearer <api_key>``.
@@ -138,6 +140,8 @@ async def _stream(
     await response.prepare(request)
     try:
         await response.write(first)
+        if state.options.first_delay:
+            await asyncio.sleep(state.options.first_delay)
         for piece in pieces:
             if state.options.delay:
                 await asyncio.sleep(state.options.delay)
@@ -475,17 +479,22 @@ def main(argv: list[str] | None = None) -> None:
         "--delay", type=float, default=0.03, help="seconds before each piece (default 0.03)"
     )
     parser.add_argument(
+        "--first-delay", type=float, default=0.0, help="seconds before the first piece"
+    )
+    parser.add_argument(
         "--min-pieces", type=int, default=0, help="pad answers to at least this many pieces"
     )
     args = parser.parse_args(argv)
-    if args.delay < 0 or args.min_pieces < 0:
-        parser.error("--delay and --min-pieces cannot be negative")
+    if min(args.delay, args.first_delay, args.min_pieces) < 0:
+        parser.error("--delay, --first-delay and --min-pieces cannot be negative")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(args))
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:
-    app = make_app(ServerOptions(delay=args.delay, min_pieces=args.min_pieces))
+    app = make_app(
+        ServerOptions(delay=args.delay, first_delay=args.first_delay, min_pieces=args.min_pieces)
+    )
     try:
         runner, url = await start_site(app, args.host, args.port)
     except OSError as error:

@@ -231,6 +231,7 @@ def open_notebook(
 def test_the_answer_visibly_grows_while_it_streams(
     open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
 ) -> None:
+    flowgpt_server.state.options.first_delay = 0.5  # long enough to see the waiting line
     flowgpt_server.state.options.delay = 0.04
     flowgpt_server.state.options.min_pieces = 80  # about three seconds of streaming
     notebook = open_notebook(["%%flowgpt\nWhat is a notebook?"])
