@@ -324,3 +324,16 @@ def test_loading_the_extension_is_cheap_and_patches_nothing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # nest-asyncio2 is applied when a running loop needs it; aiohttp and ipywidgets load on use.
     assert out.stdout.strip() == "False []"
+
+
+def test_the_configured_proxy_carries_the_request(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    # The local server doubles as the proxy: flowgpt.invalid is reachable only through it.
+    proxy = flowgpt_server.url.removesuffix("/v3/chat-anonymous").replace("//", "//user:pw@")
+    shell.run_line_magic("config", f"FlowGptMagics.proxy = {proxy!r}")
+    shell.run_line_magic(
+        "config", "FlowGptMagics.api_url = 'http://flowgpt.invalid/v3/chat-anonymous'"
+    )
+    assert ask(shell, "Through the proxy?") is None
+    assert flowgpt_server.state.requests[0].headers["Host"] == "flowgpt.invalid"
