@@ -13,11 +13,12 @@ import string
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .exceptions import ResponseFormatError
+from .exceptions import FlowGptError, ResponseFormatError
 from .provider import (
     AsyncGeneratorProvider,
     AsyncResult,
     Messages,
+    PartialBlockError,
     ProviderModelMixin,
     check_temperature,
     check_unexpected,
@@ -184,18 +185,24 @@ class NdjsonTextParser:
     """FlowGPT's stream: one JSON object a line; ``{"event": "text", "data": str}`` is text."""
 
     done = False
+    error: FlowGptError | None = None
 
     def parse(self, block: bytes) -> list[str]:
+        try:
+            events = decode_json_lines(block)
+        except PartialBlockError as partial:
+            events, self.error = partial.values, partial.error
         pieces = []
         # The hot loop of a long answer: plain checks inline, no call per event.
-        for event in decode_json_lines(block):
+        for event in events:
             if event.__class__ is dict and event.get("event") == "text":
                 data = event.get("data")
                 if data.__class__ is not str:
-                    raise ResponseFormatError(
+                    self.error = ResponseFormatError(
                         f"The server sent a text event whose data is {type(data).__name__}, "
                         "not a string; this is not a FlowGPT answer stream."
                     )
+                    break
                 if data:
                     pieces.append(data)
         return pieces

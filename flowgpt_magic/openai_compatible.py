@@ -19,6 +19,7 @@ from traitlets import Unicode, validate
 from traitlets.config import Configurable
 
 from .exceptions import (
+    FlowGptError,
     InvalidRequestError,
     RequestFailedError,
     ResponseFormatError,
@@ -205,6 +206,7 @@ class SseTextParser:
 
     def __init__(self) -> None:
         self.done = False
+        self.error: FlowGptError | None = None
         self._data: list[bytes] = []
 
     def parse(self, block: bytes) -> list[str]:
@@ -212,7 +214,11 @@ class SseTextParser:
         for line in block.split(b"\n"):
             line = line.rstrip(b"\r")
             if not line:  # a blank line ends an event
-                text = self._dispatch()
+                try:
+                    text = self._dispatch()
+                except FlowGptError as error:
+                    self.error = error  # raised after the pieces before it
+                    break
                 if text:
                     pieces.append(text)
                 if self.done:

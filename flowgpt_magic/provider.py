@@ -23,6 +23,7 @@ from .exceptions import (
     ConfigurationError,
     ConnectionFailedError,
     ConnectionLostError,
+    FlowGptError,
     HTTPStatusError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -128,6 +129,9 @@ class BlockParser(Protocol):
 
     #: Set once the stream says the answer is complete; later bytes are not read.
     done: bool
+    #: Set when a block held a bad line: raised once the pieces before it are delivered,
+    #: so that nothing that arrived intact is lost.
+    error: FlowGptError | None
 
     def parse(self, block: bytes) -> list[str]: ...
 
@@ -270,7 +274,22 @@ def decode_json_lines(block: bytes) -> list[Any]:
         else:
             if len(values) == len(lines):
                 return values  # type: ignore[no-any-return]
-    return [decode_json_line(line) for line in lines if line.strip()]
+    values = []
+    for line in lines:
+        if line.strip():
+            try:
+                values.append(decode_json_line(line))
+            except ResponseFormatError as error:
+                raise PartialBlockError(values, error) from None
+    return values
+
+
+class PartialBlockError(ResponseFormatError):
+    """A block's bad line: ``values`` holds what came before it, ``error`` what to raise."""
+
+    def __init__(self, values: list[Any], error: ResponseFormatError) -> None:
+        super().__init__(str(error))
+        self.values, self.error = values, error
 
 
 def decode_json_line(line: bytes) -> Any:
@@ -357,13 +376,19 @@ async def _stream_text(
                     if block:
                         for piece in parser.parse(block):
                             yield piece
+                        if parser.error is not None:
+                            raise parser.error
                         if parser.done:
                             return
             except failures as error:
-                raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
+                raise translate_error(
+                    error, url, proxy, client_timeout, endpoint_hint, streaming=True
+                ) from None
             rest = lines.close()
             for piece in [*(parser.parse(rest) if rest else []), *parser.finish()]:
                 yield piece
+            if parser.error is not None:
+                raise parser.error
     finally:
         if own_session:
             await session.close()
@@ -391,8 +416,13 @@ def translate_error(
     proxy: str | None,
     timeout: aiohttp.ClientTimeout,
     endpoint_hint: str,
+    *,
+    streaming: bool = False,
 ) -> RequestFailedError:
-    """One clear sentence for an aiohttp or timeout failure, with secrets redacted."""
+    """One clear sentence for an aiohttp or timeout failure, with secrets redacted.
+
+    ``streaming`` says whether the answer had begun (the headers had arrived).
+    """
     import aiohttp
 
     host = host_of(url)
@@ -427,9 +457,14 @@ def translate_error(
         return ConnectionFailedError(
             f"The endpoint URL {redact_url(url)!r} is not valid: {_reason(error)}."
         )
+    if streaming:
+        return ConnectionLostError(
+            f"The connection to {host} broke while the answer was streaming; what had "
+            "arrived is kept. Try again."
+        )
     return ConnectionLostError(
-        f"The connection to {host} failed while the answer was streaming "
-        f"({type(error).__name__}: {_reason(error)}). Try again."
+        f"{host} closed the connection before answering; the server may have crashed or "
+        "restarted. Try again."
     )
 
 
@@ -464,7 +499,7 @@ async def status_error(
     what_to_do = advice.get(status) or (
         "The server failed; try again later." if status >= 500 else "Check the request."
     )
-    detail = f": {excerpt}" if excerpt else ""
+    detail = f": {excerpt.rstrip('.')}" if excerpt else ""
     return HTTPStatusError(
         f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
         + f"{detail}. {what_to_do}",

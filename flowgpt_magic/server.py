@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +54,11 @@ class ServerOptions:
     min_pieces: int = 0
     #: When set, the OpenAI-compatible side requires ``Authorization: Bearer <api_key>``.
     api_key: str | None = None
+    #: A fault to commit on every request (see FAULTS); a request's ``x-flowgpt-fault``
+    #: header or ``?fault=`` parameter overrides it.
+    fault: str | None = None
+    #: The Retry-After (seconds) sent with an injected 429 or 503.
+    retry_after: float = 1.0
 
 
 @dataclass
@@ -84,6 +91,33 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+
+#: Faults the server commits on request, so that clients' failures can be tested. The
+#: content faults (malformed and after) are FlowGPT's; the others apply to both protocols.
+FAULTS = {
+    "status-NNN": "answer with HTTP status NNN (a 429 or 503 with Retry-After)",
+    "html-NNN": "answer with status NNN and an HTML error page",
+    "close": "close the connection before sending any headers",
+    "hang": "send nothing at all, until the client gives up",
+    "empty": "answer 200 with an empty body",
+    "reset": "send three pieces, then reset the connection",
+    "stall": "send three pieces, then nothing, until the client gives up",
+    "malformed": "send three pieces, then a line that is not JSON",
+    "long-line": "send three pieces, then a line longer than 1 MiB",
+    "bad-utf8": "send three pieces, then a text event that is not UTF-8",
+    "data-not-string": "send three pieces, then a text event whose data is a number",
+    "trickle": "send the whole answer one byte at a time",
+}
+_FAULT_LINES = {
+    "malformed": b"{not json}\n",
+    "long-line": b'{"event": "text", "data": "' + b"x" * (1536 * 1024) + b'"}\n',
+    "bad-utf8": b'{"event": "text", "data": "\xff\xfe"}\n',
+    "data-not-string": b'{"event": "text", "data": 42}\n',
+}
+_HTML_PAGE = (
+    "<!DOCTYPE html><html><head><title>{status} Error</title></head>"
+    "<body><h1>{status} Error</h1><p>The upstream server failed.</p></body></html>"
+)
 
 
 def make_app(options: ServerOptions | None = None) -> web.Application:
@@ -119,6 +153,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
     received = ReceivedRequest(dict(request.headers), body)
     state.note(lambda s: s.requests.append(received))
+    early = await _early_fault(request)
+    if early is not None:
+        return early
     return await _stream(
         request,
         "application/x-ndjson; charset=utf-8",
@@ -131,20 +168,91 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     )
 
 
+def fault_of(request: web.Request) -> str | None:
+    return (
+        request.headers.get("x-flowgpt-fault")
+        or request.query.get("fault")
+        or request.app[STATE].options.fault
+    )
+
+
+async def _early_fault(request: web.Request) -> web.StreamResponse | None:
+    """Commit a fault that comes before the answer starts, if one is asked for."""
+    fault = fault_of(request)
+    if fault is None:
+        return None
+    kind, _, number = fault.partition("-")
+    if kind in ("status", "html") and number.isdigit():
+        status = int(number)
+        headers = {}
+        if status in (429, 503):
+            headers["Retry-After"] = f"{request.app[STATE].options.retry_after:g}"
+        if kind == "html":
+            page = _HTML_PAGE.format(status=status)
+            return web.Response(status=status, text=page, content_type="text/html", headers=headers)
+        error = {"error": f"Injected fault: status {status}."}
+        return web.json_response(error, status=status, headers=headers)
+    if fault == "close":
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+    if fault == "hang":
+        await _until_client_leaves(request)
+        return web.Response()
+    if fault == "empty":
+        return web.Response(body=b"", content_type="application/x-ndjson")
+    if fault in FAULTS:
+        return None  # committed while streaming
+    return web.json_response({"error": f"Unknown fault {fault!r}; see FAULTS."}, status=400)
+
+
+async def _until_client_leaves(request: web.Request, cap: float = 300.0) -> None:
+    deadline = time.monotonic() + cap
+    while time.monotonic() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            return
+        await asyncio.sleep(0.05)
+
+
+def _reset(request: web.Request) -> None:
+    """Close the connection with a TCP reset, as a crashed server or a proxy does."""
+    assert request.transport is not None
+    sock = request.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    request.transport.abort()
+
+
 async def _stream(
     request: web.Request, content_type: str, *, first: bytes, pieces: list[bytes], last: bytes
 ) -> web.StreamResponse:
-    """Send ``first``, each piece after the configured delay, then ``last``; note the outcome."""
+    """Send ``first``, each piece after the configured delay, then ``last``; note the outcome.
+
+    A fault asked for (see FAULTS) interrupts this after the third piece.
+    """
     state = request.app[STATE]
+    fault = fault_of(request)
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
     try:
+        if fault == "trickle":
+            for byte in b"".join([first, *pieces, last]):
+                await response.write(bytes([byte]))
+            pieces, first, last = [], b"", b""
         await response.write(first)
         if state.options.first_delay:
             await asyncio.sleep(state.options.first_delay)
-        for piece in pieces:
+        for index, piece in enumerate(pieces):
             if state.options.delay:
                 await asyncio.sleep(state.options.delay)
+            if index == 3 and fault in ("reset", "stall", *_FAULT_LINES):
+                if fault == "reset":
+                    _reset(request)
+                    raise ConnectionResetError
+                if fault == "stall":
+                    await _until_client_leaves(request)
+                    raise ConnectionResetError
+                await response.write(_FAULT_LINES[fault])
             await response.write(piece)
         await response.write(last)
         await response.write_eof()
@@ -210,6 +318,9 @@ async def _openai_chat(request: web.Request) -> web.StreamResponse:
         )
     received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
     state.note(lambda s: s.requests.append(received))
+    early = await _early_fault(request)
+    if early is not None:
+        return early
     pieces = answer_pieces(body, state.options.min_pieces)
     if not body.get("stream"):
         state.note(lambda s: setattr(s, "completed", s.completed + 1))
@@ -484,6 +595,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--min-pieces", type=int, default=0, help="pad answers to at least this many pieces"
     )
+    parser.add_argument(
+        "--fault",
+        metavar="FAULT",
+        help="commit this fault on every request: "
+        + "; ".join(f"{name}: {what}" for name, what in FAULTS.items()),
+    )
     args = parser.parse_args(argv)
     if min(args.delay, args.first_delay, args.min_pieces) < 0:
         parser.error("--delay, --first-delay and --min-pieces cannot be negative")
@@ -493,7 +610,12 @@ def main(argv: list[str] | None = None) -> None:
 
 async def _serve_forever(args: argparse.Namespace) -> None:
     app = make_app(
-        ServerOptions(delay=args.delay, first_delay=args.first_delay, min_pieces=args.min_pieces)
+        ServerOptions(
+            delay=args.delay,
+            first_delay=args.first_delay,
+            min_pieces=args.min_pieces,
+            fault=args.fault,
+        )
     )
     try:
         runner, url = await start_site(app, args.host, args.port)
