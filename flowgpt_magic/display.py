@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 if TYPE_CHECKING:
     import asyncio
 
+    from .provider import RetryNotice
+
 #: Seconds between two display updates while an answer streams (at most 20 a second).
 FLUSH_INTERVAL = 0.05
 
 
 class StreamView(Protocol):
     def write(self, piece: str) -> None: ...
+
+    def retrying(self, notice: RetryNotice) -> None:
+        """Say that the request failed and is about to be tried again."""
 
     def finish(self, text: str) -> None:
         """End the live view; ``text`` is everything that arrived (maybe a partial answer)."""
@@ -42,6 +47,9 @@ class TextView:
         self._stream.flush()
         self._last_piece = piece
 
+    def retrying(self, notice: RetryNotice) -> None:
+        print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
+
     def finish(self, text: str) -> None:
         if self._last_piece and not self._last_piece.endswith("\n"):
             self._stream.write("\n")
@@ -56,21 +64,11 @@ class WidgetView:
     """
 
     def __init__(self, waiting: str) -> None:
-        import html
-
         import ipywidgets
         from IPython.display import display
 
-        waiting_line = {
-            "output_type": "display_data",
-            "data": {
-                "text/html": '<span style="color: var(--jp-ui-font-color2, #757575); '
-                f'font-style: italic">{html.escape(waiting)}</span>',
-                "text/plain": waiting,
-            },
-            "metadata": {},
-        }
-        self._output = ipywidgets.Output(outputs=(waiting_line,))
+        self._waiting = waiting
+        self._output = ipywidgets.Output(outputs=(_note(waiting),))
         self._handle: Any = display(self._output, display_id=True)
         # From here on this cell's output goes into the widget. This is what
         # Output.__enter__ does, less its flush of stdout and stderr: display() has just
@@ -102,6 +100,10 @@ class WidgetView:
         except RuntimeError:  # written to from outside a loop: no timer to wait for
             self._flush()
 
+    def retrying(self, notice: RetryNotice) -> None:
+        if not self._started:
+            self._output.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
+
     def finish(self, text: str) -> None:
         if not self._capturing:
             return
@@ -123,6 +125,28 @@ class WidgetView:
             sys.stdout.write("".join(self._pending))
             self._pending.clear()
         sys.stdout.flush()
+
+
+def retry_line(notice: RetryNotice) -> str:
+    return (
+        f"{notice.reason} Trying again in {notice.delay:.1f} s "
+        f"({notice.attempt} of {notice.retries})."
+    )
+
+
+def _note(text: str) -> dict[str, Any]:
+    """An output holding a grey, italic line (the waiting line)."""
+    import html
+
+    return {
+        "output_type": "display_data",
+        "data": {
+            "text/html": '<span style="color: var(--jp-ui-font-color2, #757575); '
+            f'font-style: italic">{html.escape(text)}</span>',
+            "text/plain": text,
+        },
+        "metadata": {},
+    }
 
 
 def _current_msg_id() -> str:

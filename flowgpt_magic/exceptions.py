@@ -35,7 +35,15 @@ class ConfigurationError(FlowGptError, ValueError):
 
 
 class RequestFailedError(FlowGptError):
-    """The request was sent, or tried, and did not produce a complete answer."""
+    """The request was sent, or tried, and did not produce a complete answer.
+
+    ``retryable`` says whether trying again may help (a refused connection, a 503), as
+    opposed to a failure that will repeat (a 401, an unresolvable host).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ConnectionFailedError(RequestFailedError):
@@ -45,10 +53,14 @@ class ConnectionFailedError(RequestFailedError):
 class HTTPStatusError(RequestFailedError):
     """The server answered with a non-2xx status."""
 
-    def __init__(self, message: str, *, status: int, body_excerpt: str) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, status: int, body_excerpt: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retryable=status == 429 or status >= 500)
         self.status = status
         self.body_excerpt = body_excerpt
+        #: Seconds the server asked to wait (its Retry-After header), if it said.
+        self.retry_after = retry_after
 
 
 class ResponseTimeoutError(RequestFailedError):

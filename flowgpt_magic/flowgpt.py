@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import string
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .exceptions import FlowGptError, ResponseFormatError
 from .provider import (
     AsyncGeneratorProvider,
     AsyncResult,
+    Delivery,
     Messages,
     PartialBlockError,
     ProviderModelMixin,
+    RetryNotice,
     check_temperature,
     check_unexpected,
     checked_messages,
@@ -94,21 +97,27 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
         *,
         api_url: str | None = None,
         timeout: float | None = 120.0,
+        first_piece_timeout: float | None = None,
         connect_timeout: float | None = 30.0,
+        retries: int = 2,
+        on_retry: Callable[[RetryNotice], None] | None = None,
         session: aiohttp.ClientSession | None = None,
         **kwargs: Any,
     ) -> AsyncResult:
         """Stream the answer to ``messages`` as text pieces.
 
-        ``timeout`` is how long the server may stay silent (before the first piece and
-        between pieces); there is no limit on the whole answer. ``session`` lets a caller
-        reuse its own aiohttp session, which is then left open. Everything is validated
-        here, before anything is sent.
+        ``timeout`` is how long the server may stay silent between pieces, and
+        ``first_piece_timeout`` before the first one (None: the same); there is no limit on
+        the whole answer. A request that fails before any text arrived is tried up to
+        ``retries`` more times, and ``on_retry`` is told each time (see ``Delivery``).
+        ``session`` lets a caller reuse its own aiohttp session, which is then left open.
+        Everything is validated here, before anything is sent.
         """
         check_unexpected(
             "FlowGpt",
             kwargs,
-            "model, messages, proxy, temperature, api_url, timeout, connect_timeout and session",
+            "model, messages, proxy, temperature, api_url, timeout, first_piece_timeout, "
+            "connect_timeout, retries, on_retry and session",
         )
         resolved = cls.get_model(model)
         body = build_body(resolved, messages, check_temperature(temperature))
@@ -118,8 +127,7 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
             body=body,
             parser=NdjsonTextParser(),
             proxy=proxy,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
+            delivery=Delivery(timeout, first_piece_timeout, connect_timeout, retries, on_retry),
             session=session,
             endpoint_hint=f"{API_URL_ENV} or api_url",
             status_advice=_STATUS_ADVICE,

@@ -10,7 +10,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, TraitError, Unicode, validate
+from traitlets import Enum, Float, Int, TraitError, Unicode, validate
 
 from .command import ChatRequest, Defaults, build_request
 from .conversation import Conversation
@@ -18,7 +18,7 @@ from .display import StreamView, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
 from .flowgpt import FlowGpt
 from .loop import LoopRunner
-from .provider import AsyncResult, check_temperature
+from .provider import AsyncResult, RetryNotice, check_temperature
 from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
 
 
@@ -74,8 +74,18 @@ class FlowGptMagics(Magics):
     timeout = Float(
         120.0,
         allow_none=True,
-        help="Seconds the server may stay silent before the first piece or between pieces "
-        "(None: no limit). There is no limit on a whole answer.",
+        help="Seconds the server may stay silent between pieces (None: no limit). There is "
+        "no limit on a whole answer.",
+    ).tag(config=True)
+    first_piece_timeout = Float(
+        None,
+        allow_none=True,
+        help="Seconds the server may take to send the first piece (None: as timeout).",
+    ).tag(config=True)
+    retries = Int(
+        2,
+        help="How often a request that failed before any text arrived (no connection, 429, "
+        "5xx) is tried again, after a growing pause or the server's Retry-After.",
     ).tag(config=True)
     connect_timeout = Float(
         30.0, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
@@ -172,6 +182,12 @@ class FlowGptMagics(Magics):
         %flowgpt_model and %flowgpt_history.
         """
         args = _parse(self.flowgpt, line)
+        view: StreamView | None = None
+
+        def retrying(notice: RetryNotice) -> None:
+            if view is not None:
+                view.retrying(notice)
+
         with _usage_errors():
             request = build_request(
                 cell,
@@ -189,11 +205,15 @@ class FlowGptMagics(Magics):
                 proxy=self.proxy,
                 temperature=request.temperature,
                 timeout=self.timeout,
+                first_piece_timeout=self.first_piece_timeout,
                 connect_timeout=self.connect_timeout,
+                retries=self.retries,
+                on_retry=retrying,
                 session=self._http_session(),
                 **self._settings_of(ref.entry).request_options(),
             )
-        text = self._stream(answer, open_view(self._use_widget(), f"Waiting for {request.model}…"))
+        view = open_view(self._use_widget(), f"Waiting for {request.model}…")
+        text = self._stream(answer, view)
         self._record(request, text)
 
     def _stream(self, answer: AsyncResult, view: StreamView) -> str:

@@ -13,6 +13,7 @@ when they are not set. The API key is never shown: not in errors, reprs or ``%co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from traitlets import Unicode, validate
@@ -29,8 +30,10 @@ from .exceptions import (
 from .provider import (
     AsyncGeneratorProvider,
     AsyncResult,
+    Delivery,
     Messages,
     ProviderModelMixin,
+    RetryNotice,
     check_proxy,
     check_temperature,
     check_unexpected,
@@ -114,7 +117,10 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float | None = 120.0,
+        first_piece_timeout: float | None = None,
         connect_timeout: float | None = 30.0,
+        retries: int = 2,
+        on_retry: Callable[[RetryNotice], None] | None = None,
         session: aiohttp.ClientSession | None = None,
         **kwargs: Any,
     ) -> AsyncResult:
@@ -123,7 +129,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             "OpenAICompatible",
             kwargs,
             "model, messages, proxy, temperature, base_url, api_key, timeout, "
-            "connect_timeout and session",
+            "first_piece_timeout, connect_timeout, retries, on_retry and session",
         )
         body = {
             "model": cls.get_model(model),
@@ -139,8 +145,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
             body=body,
             parser=SseTextParser(),
             proxy=proxy,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
+            delivery=Delivery(timeout, first_piece_timeout, connect_timeout, retries, on_retry),
             session=session,
             endpoint_hint=_ENDPOINT_HINT,
             status_advice=_STATUS_ADVICE,
@@ -166,7 +171,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         """The model ids the server offers (``GET {base_url}/models``), sorted."""
         import aiohttp
 
-        from .provider import status_error, timeout_errors, translate_error
+        from .provider import PreparedRequest, status_error, timeout_errors, translate_error
 
         url = cls.endpoint(base_url) + "/models"
         failures: tuple[type[Exception], ...] = (aiohttp.ClientError, *timeout_errors())
@@ -182,7 +187,8 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                         raise await status_error(response, url, _STATUS_ADVICE)
                     data = await response.json(content_type=None)
             except failures as error:
-                raise translate_error(error, url, proxy, client_timeout, _ENDPOINT_HINT) from None
+                target = PreparedRequest(url, {}, {}, proxy, _ENDPOINT_HINT, _STATUS_ADVICE)
+                raise translate_error(error, target, client_timeout, silence=timeout) from None
             except ValueError:
                 raise ResponseFormatError(f"{url} did not answer with JSON.") from None
         entries = data.get("data") if isinstance(data, dict) else None

@@ -11,12 +11,25 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 import os
+import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+import sys
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from .exceptions import (
@@ -36,6 +49,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     import aiohttp
 
+T = TypeVar("T")
 Message = Mapping[str, str]
 Messages = Sequence[Message]
 
@@ -303,6 +317,65 @@ def decode_json_line(line: bytes) -> Any:
         ) from None
 
 
+@dataclass(frozen=True)
+class RetryNotice:
+    """Told to ``on_retry`` before a failed request is tried again."""
+
+    attempt: int  # the retry about to be made, from 1
+    retries: int  # how many retries are allowed
+    delay: float  # seconds until it
+    reason: str  # the failure, one sentence
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How an answer is fetched: how long to wait, and how often to try again.
+
+    ``timeout`` is the silence allowed between pieces; ``first_piece_timeout`` the silence
+    allowed before the first one (None: the same); neither limits a whole answer. A request
+    that fails before any piece arrived (no connection, a close before answering, 429, 5xx)
+    is tried up to ``retries`` more times, after an exponential, jittered pause, or after
+    the server's Retry-After (at most MAX_RETRY_WAIT seconds); never once text has arrived,
+    so no text is ever repeated.
+    """
+
+    timeout: float | None = 120.0
+    first_piece_timeout: float | None = None
+    connect_timeout: float | None = 30.0
+    retries: int = 2
+    on_retry: Callable[[RetryNotice], None] | None = None
+
+    def checked(self) -> Delivery:
+        for name in ("timeout", "first_piece_timeout", "connect_timeout"):
+            check_timeout(name, getattr(self, name))
+        if (
+            isinstance(self.retries, bool)
+            or not isinstance(self.retries, int)
+            or not (0 <= self.retries <= 10)
+        ):
+            raise ConfigurationError(
+                f"retries must be a whole number from 0 to 10, not {self.retries!r}."
+            )
+        return self
+
+    @property
+    def first_piece_limit(self) -> float | None:
+        return self.timeout if self.first_piece_timeout is None else self.first_piece_timeout
+
+
+#: The first retry waits about this long (with jitter), each later one twice as long.
+RETRY_BACKOFF = 0.5
+#: No retry waits longer than this, whatever the backoff or the server's Retry-After.
+MAX_RETRY_WAIT = 30.0
+
+
+def retry_delay(attempt: int, failure: RequestFailedError) -> float:
+    retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
+    if retry_after is not None:
+        return min(MAX_RETRY_WAIT, retry_after)
+    return min(MAX_RETRY_WAIT, RETRY_BACKOFF * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
 def start_stream(
     url: str,
     *,
@@ -310,8 +383,7 @@ def start_stream(
     body: Mapping[str, Any],
     parser: BlockParser,
     proxy: str | None,
-    timeout: float | None,
-    connect_timeout: float | None,
+    delivery: Delivery,
     session: aiohttp.ClientSession | None,
     endpoint_hint: str,
     status_advice: Mapping[int, str],
@@ -320,34 +392,43 @@ def start_stream(
     until it is iterated. ``endpoint_hint`` says how to change the endpoint (for errors)."""
     return AsyncResult(
         _stream_text(
-            url,
-            headers=headers,
-            body=body,
-            parser=parser,
-            proxy=check_proxy(proxy),
-            timeout=check_timeout("timeout", timeout),
-            connect_timeout=check_timeout("connect_timeout", connect_timeout),
-            session=session,
-            endpoint_hint=endpoint_hint,
-            status_advice=status_advice,
+            PreparedRequest(url, headers, body, check_proxy(proxy), endpoint_hint, status_advice),
+            parser,
+            delivery.checked(),
+            session,
         )
     )
 
 
+@dataclass(frozen=True)
+class PreparedRequest:
+    url: str
+    headers: Mapping[str, str]
+    body: Mapping[str, Any]
+    proxy: str | None
+    endpoint_hint: str
+    status_advice: Mapping[int, str]
+
+
+async def _within(awaitable: Awaitable[T], limit: float | None) -> T:
+    """``await awaitable``, raising TimeoutError after ``limit`` seconds (None: no limit)."""
+    import asyncio
+
+    if limit is None:
+        return await awaitable
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(limit):  # no task a call, unlike wait_for
+            return await awaitable
+    return await asyncio.wait_for(awaitable, limit)
+
+
 async def _stream_text(
-    url: str,
-    *,
-    headers: Mapping[str, str],
-    body: Mapping[str, Any],
+    request: PreparedRequest,
     parser: BlockParser,
-    proxy: str | None,
-    timeout: float | None,
-    connect_timeout: float | None,
+    delivery: Delivery,
     session: aiohttp.ClientSession | None,
-    endpoint_hint: str,
-    status_advice: Mapping[int, str],
 ) -> AsyncGenerator[str, None]:
-    """POST ``body`` and yield the answer's text pieces as ``parser`` finds them.
+    """POST the request and yield the answer's text pieces as ``parser`` finds them.
 
     One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
     response and the session right here, not whenever an inner one is collected.
@@ -355,26 +436,23 @@ async def _stream_text(
     import aiohttp
 
     failures: tuple[type[Exception], ...] = (aiohttp.ClientError, *timeout_errors())
-    client_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
+    client_timeout = aiohttp.ClientTimeout(total=None, connect=delivery.connect_timeout)
     own_session = session is None
     if session is None:
         session = aiohttp.ClientSession(timeout=client_timeout)
     try:
-        try:
-            response = await session.post(
-                url, json=body, headers=headers, proxy=proxy, timeout=client_timeout
-            )
-        except failures as error:
-            raise translate_error(error, url, proxy, client_timeout, endpoint_hint) from None
+        response = await _answering(session, request, delivery, client_timeout, failures)
         async with response:
-            if not 200 <= response.status < 300:
-                raise await status_error(response, url, status_advice)
             lines = LineBuffer()
+            read = response.content.readany
+            silence, started = delivery.first_piece_limit, False
             try:
-                async for chunk in response.content.iter_any():
+                while chunk := await _within(read(), silence):
                     block = lines.feed(chunk)
                     if block:
                         for piece in parser.parse(block):
+                            if not started:
+                                silence, started = delivery.timeout, True
                             yield piece
                         if parser.error is not None:
                             raise parser.error
@@ -382,7 +460,12 @@ async def _stream_text(
                             return
             except failures as error:
                 raise translate_error(
-                    error, url, proxy, client_timeout, endpoint_hint, streaming=True
+                    error,
+                    request,
+                    client_timeout,
+                    streaming=True,
+                    silence=silence,
+                    started=started,
                 ) from None
             rest = lines.close()
             for piece in [*(parser.parse(rest) if rest else []), *parser.finish()]:
@@ -392,6 +475,47 @@ async def _stream_text(
     finally:
         if own_session:
             await session.close()
+
+
+async def _answering(
+    session: aiohttp.ClientSession,
+    request: PreparedRequest,
+    delivery: Delivery,
+    client_timeout: aiohttp.ClientTimeout,
+    failures: tuple[type[Exception], ...],
+) -> aiohttp.ClientResponse:
+    """The response, once the server answers 2xx; failures before that are retried."""
+    import asyncio
+
+    attempt = 0
+    while True:
+        try:
+            response = await _within(
+                session.post(
+                    request.url,
+                    json=request.body,
+                    headers=request.headers,
+                    proxy=request.proxy,
+                    timeout=client_timeout,
+                ),
+                delivery.first_piece_limit,
+            )
+        except failures as error:
+            failure = translate_error(
+                error, request, client_timeout, silence=delivery.first_piece_limit
+            )
+        else:
+            if 200 <= response.status < 300:
+                return response
+            async with response:
+                failure = await status_error(response, request.url, request.status_advice)
+        if attempt >= delivery.retries or not failure.retryable:
+            raise failure from None
+        attempt += 1
+        delay = retry_delay(attempt, failure)
+        if delivery.on_retry is not None:
+            delivery.on_retry(RetryNotice(attempt, delivery.retries, delay, str(failure)))
+        await asyncio.sleep(delay)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -412,19 +536,21 @@ def host_of(url: str) -> str:
 
 def translate_error(
     error: BaseException,
-    url: str,
-    proxy: str | None,
+    request: PreparedRequest,
     timeout: aiohttp.ClientTimeout,
-    endpoint_hint: str,
     *,
     streaming: bool = False,
+    silence: float | None = None,
+    started: bool = False,
 ) -> RequestFailedError:
     """One clear sentence for an aiohttp or timeout failure, with secrets redacted.
 
-    ``streaming`` says whether the answer had begun (the headers had arrived).
+    ``streaming`` says whether the answer had begun (the headers had arrived), ``started``
+    whether text had, and ``silence`` how long the server was allowed to stay silent.
     """
     import aiohttp
 
+    url, proxy, hint = request.url, request.proxy, request.endpoint_hint
     host = host_of(url)
     if isinstance(error, aiohttp.ClientProxyConnectionError) or (
         proxy and isinstance(error, aiohttp.ClientHttpProxyError)
@@ -436,22 +562,26 @@ def translate_error(
     if isinstance(error, aiohttp.ClientConnectorDNSError):
         return ConnectionFailedError(
             f"Could not connect to {host}: the host name could not be resolved. Check the "
-            f"endpoint URL ({endpoint_hint}) and your network."
+            f"endpoint URL ({hint}) and your network."
         )
     if isinstance(error, aiohttp.ClientConnectorError):
         return ConnectionFailedError(
             f"Could not connect to {host}: {_reason(error)}. Check that the server is running "
-            f"and that the endpoint URL ({endpoint_hint}) is right."
+            f"and that the endpoint URL ({hint}) is right.",
+            retryable=True,
+        )
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return ConnectionFailedError(
+            f"Connecting to {host} took longer than {timeout.connect:g} s. Check that the "
+            "server is reachable, or raise the connect timeout.",
+            retryable=True,
         )
     if isinstance(error, timeout_errors()):
-        if isinstance(error, aiohttp.ConnectionTimeoutError):
-            return ResponseTimeoutError(
-                f"Connecting to {host} took longer than {timeout.connect} s. Check that the "
-                "server is reachable, or raise the connect timeout."
-            )
+        when = "in the middle of the answer" if started else "before the first piece"
+        setting = "timeout" if started else "first_piece_timeout"
         return ResponseTimeoutError(
-            f"{host} sent nothing for {timeout.sock_read} s, so the request was abandoned. "
-            "The server may be overloaded; try again, or raise the timeout."
+            f"{host} sent nothing for {silence:g} s {when}, so the request was abandoned. "
+            f"The server may be overloaded; try again, or raise the {setting}."
         )
     if isinstance(error, aiohttp.InvalidURL):
         return ConnectionFailedError(
@@ -464,7 +594,8 @@ def translate_error(
         )
     return ConnectionLostError(
         f"{host} closed the connection before answering; the server may have crashed or "
-        "restarted. Try again."
+        "restarted. Try again.",
+        retryable=True,
     )
 
 
@@ -505,7 +636,23 @@ async def status_error(
         + f"{detail}. {what_to_do}",
         status=status,
         body_excerpt=excerpt,
+        retry_after=_retry_after(response.headers.get("Retry-After")),
     )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def error_excerpt(body: bytes, content_type: str, limit: int = 200) -> str:

@@ -57,6 +57,8 @@ class ServerOptions:
     #: A fault to commit on every request (see FAULTS); a request's ``x-flowgpt-fault``
     #: header or ``?fault=`` parameter overrides it.
     fault: str | None = None
+    #: Commit ``fault`` on only this many requests, then answer normally (0: on all).
+    fault_times: int = 0
     #: The Retry-After (seconds) sent with an injected 429 or 503.
     retry_after: float = 1.0
 
@@ -77,6 +79,7 @@ class ServerState:
     rejected: list[str] = field(default_factory=list)
     completed: int = 0
     disconnects: int = 0
+    faults_committed: int = 0
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def note(self, change: Callable[[ServerState], None]) -> None:
@@ -153,7 +156,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
     received = ReceivedRequest(dict(request.headers), body)
     state.note(lambda s: s.requests.append(received))
-    early = await _early_fault(request)
+    fault = choose_fault(request)
+    early = await _early_fault(request, fault)
     if early is not None:
         return early
     return await _stream(
@@ -165,20 +169,25 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             for piece in answer_pieces(body, state.options.min_pieces)
         ],
         last=_line({"event": "done"}),
+        fault=fault,
     )
 
 
-def fault_of(request: web.Request) -> str | None:
-    return (
-        request.headers.get("x-flowgpt-fault")
-        or request.query.get("fault")
-        or request.app[STATE].options.fault
-    )
+def choose_fault(request: web.Request) -> str | None:
+    """The fault to commit on this request (counted; call once a request)."""
+    state = request.app[STATE]
+    fault = request.headers.get("x-flowgpt-fault") or request.query.get("fault")
+    if fault is None and state.options.fault is not None:
+        times = state.options.fault_times
+        if not times or state.faults_committed < times:
+            fault = state.options.fault
+    if fault is not None:
+        state.note(lambda s: setattr(s, "faults_committed", s.faults_committed + 1))
+    return fault
 
 
-async def _early_fault(request: web.Request) -> web.StreamResponse | None:
+async def _early_fault(request: web.Request, fault: str | None) -> web.StreamResponse | None:
     """Commit a fault that comes before the answer starts, if one is asked for."""
-    fault = fault_of(request)
     if fault is None:
         return None
     kind, _, number = fault.partition("-")
@@ -224,14 +233,19 @@ def _reset(request: web.Request) -> None:
 
 
 async def _stream(
-    request: web.Request, content_type: str, *, first: bytes, pieces: list[bytes], last: bytes
+    request: web.Request,
+    content_type: str,
+    *,
+    first: bytes,
+    pieces: list[bytes],
+    last: bytes,
+    fault: str | None,
 ) -> web.StreamResponse:
     """Send ``first``, each piece after the configured delay, then ``last``; note the outcome.
 
     A fault asked for (see FAULTS) interrupts this after the third piece.
     """
     state = request.app[STATE]
-    fault = fault_of(request)
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
     try:
@@ -318,7 +332,8 @@ async def _openai_chat(request: web.Request) -> web.StreamResponse:
         )
     received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
     state.note(lambda s: s.requests.append(received))
-    early = await _early_fault(request)
+    fault = choose_fault(request)
+    early = await _early_fault(request, fault)
     if early is not None:
         return early
     pieces = answer_pieces(body, state.options.min_pieces)
@@ -339,6 +354,7 @@ async def _openai_chat(request: web.Request) -> web.StreamResponse:
         first=event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}),
         pieces=[event({"delta": {"content": p}, "finish_reason": None}) for p in pieces],
         last=event({"delta": {}, "finish_reason": "stop"}) + b"data: [DONE]\n\n",
+        fault=fault,
     )
 
 
