@@ -66,8 +66,18 @@ class Conversation:
     def replace_with(self, other: Conversation) -> None:
         self._messages = list(other)
 
-    def wire_messages(self) -> list[dict[str, str]]:
-        return [message.to_wire() for message in self._messages]
+    def wire_messages(
+        self, max_turns: int | None = None, max_chars: int | None = None
+    ) -> list[dict[str, str]]:
+        """The messages to send as context: all, or the most recent that fit the limits.
+
+        Limits drop whole exchanges, oldest first: at most ``max_turns`` exchanges, and at
+        most ``max_chars`` characters of content. The conversation itself keeps everything.
+        """
+        messages = self._messages
+        if max_turns is not None or max_chars is not None:
+            messages = _most_recent(messages, max_turns, max_chars)
+        return [message.to_wire() for message in messages]
 
     def transcript(self) -> str:
         """A readable rendering: who said what, in order."""
@@ -154,6 +164,26 @@ class Conversation:
         except ValueError as error:
             raise HistoryFileError(f"{source} is not valid JSON: {error}.") from None
         return cls.from_json(data, str(source))
+
+
+def _most_recent(
+    messages: list[Message], max_turns: int | None, max_chars: int | None
+) -> list[Message]:
+    kept: list[Message] = []
+    turns = chars = 0
+    end = len(messages)
+    for start in range(len(messages) - 1, -1, -1):
+        if messages[start].role != "user" and start > 0:
+            continue  # an exchange starts at its user message
+        exchange = messages[start:end]
+        size = sum(len(m.content) for m in exchange)
+        if (max_turns is not None and turns + 1 > max_turns) or (
+            max_chars is not None and chars + size > max_chars
+        ):
+            break
+        kept[:0] = exchange
+        turns, chars, end = turns + 1, chars + size, start
+    return kept
 
 
 def _message_from_json(item: Any, index: int, source: str) -> Message:

@@ -82,6 +82,18 @@ class FlowGptMagics(Magics):
         allow_none=True,
         help="Seconds the server may take to send the first piece (None: as timeout).",
     ).tag(config=True)
+    history_turns = Int(
+        None,
+        allow_none=True,
+        help="Send at most this many recent exchanges as context (None: all). The "
+        "conversation keeps everything; %flowgpt_history shows it all.",
+    ).tag(config=True)
+    history_chars = Int(
+        None,
+        allow_none=True,
+        help="Send at most this many characters of context, dropping the oldest whole "
+        "exchanges first (None: no limit).",
+    ).tag(config=True)
     retries = Int(
         2,
         help="How often a request that failed before any text arrived (no connection, 429, "
@@ -201,7 +213,9 @@ class FlowGptMagics(Magics):
             ref = resolve_model(request.model)
             answer = ref.entry.provider.create_async_generator(
                 ref.model,
-                request.messages(self.conversation.wire_messages()),
+                request.messages(
+                    self.conversation.wire_messages(self.history_turns, self.history_chars)
+                ),
                 proxy=self.proxy,
                 temperature=request.temperature,
                 timeout=self.timeout,

@@ -55,6 +55,8 @@ Messages = Sequence[Message]
 
 #: A streamed line longer than this is an error rather than a reason to buffer forever.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+#: A request body larger than this is streamed rather than written at once.
+LARGE_BODY_BYTES = 1024 * 1024
 #: How much of an error body we read: enough for any error message, bounded for HTML pages.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
@@ -241,8 +243,11 @@ class LineBuffer:
         self._buffer = b""
         self._max_line_bytes = max_line_bytes
 
-    def feed(self, data: bytes) -> bytes:
-        """The whole lines received so far (without the last newline), or b"" if none."""
+    def feed(self, data: bytes) -> bytes | None:
+        """The whole lines received so far (without the last newline), or None if none.
+
+        Not b"" for none: b"" is one empty line, which ends an event in server-sent events.
+        """
         buffer = self._buffer + data if self._buffer else data
         end = buffer.rfind(b"\n")
         if end < 0:
@@ -252,7 +257,7 @@ class LineBuffer:
                     "not a chat answer stream. Check the endpoint URL."
                 )
             self._buffer = buffer
-            return b""
+            return None
         self._buffer = buffer[end + 1 :]
         return buffer[:end]
 
@@ -449,7 +454,7 @@ async def _stream_text(
             try:
                 while chunk := await _within(read(), silence):
                     block = lines.feed(chunk)
-                    if block:
+                    if block is not None:
                         for piece in parser.parse(block):
                             if not started:
                                 silence, started = delivery.timeout, True
@@ -486,14 +491,18 @@ async def _answering(
 ) -> aiohttp.ClientResponse:
     """The response, once the server answers 2xx; failures before that are retried."""
     import asyncio
+    import io
 
+    payload = json.dumps(request.body, ensure_ascii=False).encode()
     attempt = 0
     while True:
+        # A body of megabytes goes as a stream, so that sending it never blocks the loop.
+        data = io.BytesIO(payload) if len(payload) > LARGE_BODY_BYTES else payload
         try:
             response = await _within(
                 session.post(
                     request.url,
-                    json=request.body,
+                    data=data,
                     headers=request.headers,
                     proxy=request.proxy,
                     timeout=client_timeout,

@@ -57,6 +57,8 @@ class ServerOptions:
     #: A fault to commit on every request (see FAULTS); a request's ``x-flowgpt-fault``
     #: header or ``?fault=`` parameter overrides it.
     fault: str | None = None
+    #: Keep each request in ``ServerState.requests`` (a long soak test may not want to).
+    record: bool = True
     #: Commit ``fault`` on only this many requests, then answer normally (0: on all).
     fault_times: int = 0
     #: The Retry-After (seconds) sent with an injected 429 or 503.
@@ -123,8 +125,13 @@ _HTML_PAGE = (
 )
 
 
+#: Requests up to this size are read (aiohttp's default is 1 MiB): long prompts and
+#: histories are the point of some tests.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
 def make_app(options: ServerOptions | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[STATE] = ServerState(options or ServerOptions())
     app.router.add_post(PATH, _chat)
     app.router.add_get(f"{OPENAI_PATH}/models", _openai_models)
@@ -154,8 +161,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         state.note(lambda s: s.rejected.append(reason))
         return web.json_response({"error": f"Bad request: {reason}."}, status=400)
 
-    received = ReceivedRequest(dict(request.headers), body)
-    state.note(lambda s: s.requests.append(received))
+    if state.options.record:
+        received = ReceivedRequest(dict(request.headers), body)
+        state.note(lambda s: s.requests.append(received))
     fault = choose_fault(request)
     early = await _early_fault(request, fault)
     if early is not None:
@@ -330,8 +338,9 @@ async def _openai_chat(request: web.Request) -> web.StreamResponse:
             f"The model `{body['model']}` does not exist or you do not have access to it.",
             "model_not_found",
         )
-    received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
-    state.note(lambda s: s.requests.append(received))
+    if state.options.record:
+        received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
+        state.note(lambda s: s.requests.append(received))
     fault = choose_fault(request)
     early = await _early_fault(request, fault)
     if early is not None:

@@ -291,3 +291,16 @@ def test_listing_falls_back_to_known_models_when_the_server_is_unreachable(
     listing = capsys.readouterr().out
     assert "(could not list the server's models: Could not connect to 127.0.0.1:" in listing
     assert "   openai:gpt-4o-mini" in listing
+
+
+async def test_a_read_holding_only_the_blank_line_still_ends_the_event(
+    aiohttp_raw_server: RawServerFactory,
+) -> None:
+    # Found by hypothesis: a network read of exactly "\n" was taken for "no line yet", so the
+    # blank line ending an event was lost, and two events' data ran together.
+    chunks = [f"data: {delta('one ')}\n".encode(), b"\n", f"data: {delta('two')}\n\n".encode()]
+    server = await aiohttp_raw_server(sse_handler([*chunks, b"data: [DONE]\n\n"]))
+    pieces = await collect(
+        OpenAICompatible.create_async_generator("m", MESSAGES, base_url=str(server.make_url("/v1")))
+    )
+    assert pieces == ["one ", "two"]

@@ -404,7 +404,7 @@ def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:
     for cut in range(len(stream) + 1):
         buffer = LineBuffer()
         blocks = [buffer.feed(stream[:cut]), buffer.feed(stream[cut:]), buffer.close()]
-        assert b"\n".join(block for block in blocks if block) == stream, cut
+        assert b"\n".join(block for block in blocks if block is not None) == stream, cut
 
 
 def test_the_line_buffer_refuses_an_endless_line() -> None:

@@ -1,0 +1,117 @@
+"""Properties of the stream decoders, for any input hypothesis can think of."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowgpt_magic import FlowGptError
+from flowgpt_magic.flowgpt import NdjsonTextParser
+from flowgpt_magic.openai_compatible import SseTextParser
+from flowgpt_magic.provider import BlockParser, LineBuffer
+
+
+def decode(chunks: list[bytes], parser: BlockParser) -> list[str]:
+    """What the provider does with the reads of a body (see provider._stream_text)."""
+    buffer, pieces = LineBuffer(), []
+    for chunk in chunks:
+        block = buffer.feed(chunk)
+        if block is not None:
+            pieces += parser.parse(block)
+            if parser.error is not None:
+                raise parser.error
+            if parser.done:
+                return pieces
+    rest = buffer.close()
+    pieces += [*(parser.parse(rest) if rest else []), *parser.finish()]
+    if parser.error is not None:
+        raise parser.error
+    return pieces
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+texts = st.lists(st.text(min_size=1), max_size=30)
+cuts = st.lists(st.integers(min_value=0, max_value=10**6), max_size=40)
+
+
+@given(texts, cuts, st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_split_of_an_ndjson_stream_gives_the_same_pieces(
+    pieces: list[str], where: list[int], ascii_only: bool
+) -> None:
+    events = [{"event": "start"}] + [{"event": "text", "data": p} for p in pieces]
+    stream = "".join(json.dumps(e, ensure_ascii=ascii_only) + "\n" for e in events).encode()
+    assert decode(split(stream, where), NdjsonTextParser()) == pieces
+
+
+@given(texts, cuts)
+@settings(max_examples=300, deadline=None)
+def test_any_split_of_a_server_sent_event_stream_gives_the_same_pieces(
+    pieces: list[str], where: list[int]
+) -> None:
+    events = [{"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces]
+    stream = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events)
+    stream += "data: [DONE]\n\n"
+    assert decode(split(stream.encode(), where), SseTextParser()) == pieces
+
+
+@given(st.lists(st.binary(max_size=200), max_size=20))
+@settings(max_examples=500, deadline=None)
+def test_arbitrary_bytes_raise_only_our_own_errors(chunks: list[bytes]) -> None:
+    for parser in (NdjsonTextParser(), SseTextParser()):
+        try:
+            pieces = decode(chunks, parser)
+        except FlowGptError:
+            continue
+        assert all(isinstance(piece, str) and piece for piece in pieces)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"{",
+                b"}",
+                b"[",
+                b"]",
+                b",",
+                b"\n",
+                b'"',
+                b"1",
+                b"{}",
+                b'{"event": "text", "data": "x"}',
+                b":",
+                b" ",
+            ]
+        ),
+        max_size=60,
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_json_like_bytes_decode_as_line_by_line_would(tokens: list[bytes]) -> None:
+    stream = b"".join(tokens)
+    by_line: list[str] | None
+    try:
+        by_line = []
+        for line in stream.split(b"\n"):
+            if line.strip():
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "text":
+                    by_line.append(event["data"])
+    except ValueError:
+        by_line = None
+    try:
+        batched: list[str] | None = decode([stream], NdjsonTextParser())
+    except FlowGptError:
+        batched = None
+    if by_line is not None:
+        assert batched == by_line
+    else:
+        assert batched is None
