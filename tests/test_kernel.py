@@ -205,3 +205,23 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     check = finish(kc, kc.execute("%flowgpt_history"))
     (text,) = [m["content"]["text"] for m in check.of_type("stream")]
     assert "Are you still there?" in text and "Tell me everything" not in text
+
+
+def test_the_waiting_line_says_when_a_request_is_retried(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    options = flowgpt_server.state.options
+    options.fault, options.fault_times, options.retry_after = "status-503", 1, 0.2
+    run = finish(kc, kc.execute("%%flowgpt\nAre you there?"))
+    assert run.reply["status"] == "ok"
+    notes = [
+        str(m["content"]["data"].get("state", {}).get("outputs", ""))
+        for m in run.of_type("comm_msg")
+    ]
+    assert any(
+        "answered 503 Service Unavailable" in n and "Trying again in 0.2 s (1 of 2)" in n
+        for n in notes
+    )
+    (update,) = run.of_type("update_display_data")
+    assert update["content"]["data"]["text/plain"].startswith("[Offline answer")

@@ -337,3 +337,16 @@ def test_the_configured_proxy_carries_the_request(
     )
     assert ask(shell, "Through the proxy?") is None
     assert flowgpt_server.state.requests[0].headers["Host"] == "flowgpt.invalid"
+
+
+def test_a_saved_history_holds_no_secrets(
+    shell: InteractiveShell, flowgpt_server: LocalServer, tmp_path: Path
+) -> None:
+    proxy = flowgpt_server.url.removesuffix("/v3/chat-anonymous").replace("//", "//al:s3cr3t@")
+    shell.run_line_magic("config", f"FlowGptMagics.proxy = {proxy!r}")
+    shell.run_line_magic("config", "OpenAI.api_key = 'sk-very-secret'")
+    assert ask(shell, "Keep my secrets") is None
+    shell.run_line_magic("flowgpt_history", f"--save {tmp_path / 'chat.json'}")
+    saved = (tmp_path / "chat.json").read_text()
+    assert "Keep my secrets" in saved
+    assert "s3cr3t" not in saved and "sk-very-secret" not in saved

@@ -369,10 +369,14 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
     reports: list[dict[str, Any]] = []
     flowgpt_server.state.options.min_pieces = 1_000
 
+    leftover: list[asyncio.Task[object]] = []
+
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reports.append(ctx))
         async for _piece in FlowGpt.create_async_generator("gpt-3.5-turbo", USER):
             break
+        await asyncio.sleep(0)  # let the generator's finaliser run
+        leftover.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -380,6 +384,7 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
         gc.collect()
     assert reports == []
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert [t for t in leftover if not t.done()] == []  # no task left streaming
 
 
 # -- boundaries ---------------------------------------------------------------------------
