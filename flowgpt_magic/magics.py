@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
 import shlex
+from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any
@@ -18,6 +20,7 @@ from .display import StreamView, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
 from .flowgpt import FlowGpt
 from .loop import LoopRunner
+from .prompt import ErrorLog, expand
 from .provider import AsyncResult, RetryNotice, check_temperature
 from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
 
@@ -112,6 +115,7 @@ class FlowGptMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.conversation = Conversation()
+        self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
         self._runner = LoopRunner()
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
@@ -123,6 +127,8 @@ class FlowGptMagics(Magics):
         }
         if shell is not None:
             shell.configurables.extend(self.provider_settings.values())
+            # IPython's events, not its exception hook: that stays the user's (or IPython's).
+            shell.events.register("post_run_cell", self._remember_error)
 
     @validate("default_model")
     def _resolve_default_model(self, proposal: Any) -> str:
@@ -142,7 +148,17 @@ class FlowGptMagics(Magics):
         except FlowGptError as error:
             raise TraitError(str(error)) from None
 
+    def _remember_error(self, result: Any) -> None:
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None:
+            import traceback
+
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            self.errors.record(result.execution_count, text)
+
     def close(self) -> None:
+        if self.shell is not None:
+            self.shell.events.unregister("post_run_cell", self._remember_error)
         if self._session is not None and not self._session.closed:
             self._runner.run(self._session.close())
         self._runner.close()
@@ -162,6 +178,13 @@ class FlowGptMagics(Magics):
 
             self._session, self._session_loop = self._runner.run(new_session()), loop
         return self._session
+
+    @property
+    def _namespace(self) -> dict[str, Any]:
+        """The notebook's variables (a magic only ever runs inside a shell)."""
+        assert self.shell is not None
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
 
     def request_options(self) -> dict[str, Any]:
         """FlowGPT's options: its settings are ours (the magics are named after it)."""
@@ -185,15 +208,36 @@ class FlowGptMagics(Magics):
         help="Send the prompt without the conversation, and do not record the exchange.",
     )
     @argument("--reset", action="store_true", help="Start a new conversation with this cell.")
+    @argument(
+        "--raw",
+        action="store_true",
+        help="Send the cell as written: no {name}, {In[3]}, {Out[3]} or {Err} filled in.",
+    )
+    @argument(
+        "--dry-run",
+        action="store_true",
+        help="Show what would be sent (model, temperature, system message, context, prompt), "
+        "and send nothing.",
+    )
+    @argument("-o", "--output", metavar="NAME", help="Store the answer in the variable NAME.")
     @cell_magic
     def flowgpt(self, line: str, cell: str) -> None:
         """Ask a chat model: the cell body is the prompt; the answer streams in below.
 
         Each answered cell joins the notebook's conversation, and later cells send the
-        conversation as context. A failed or interrupted answer is not recorded. See
-        %flowgpt_model and %flowgpt_history.
+        conversation as context. A failed or interrupted answer is not recorded. In the
+        prompt, {name}, {name.attr}, {In[3]}, {Out[3]}, {Err} (the last error, with its
+        traceback) and {Err[3]} are filled in; other braces stay as written, and {{name}}
+        is the literal text {name}. The last answer is in _flowgpt. See %flowgpt_model and
+        %flowgpt_history.
         """
         args = _parse(self.flowgpt, line)
+        if args.output is not None and (
+            not args.output.isidentifier() or keyword.iskeyword(args.output)
+        ):
+            raise UsageError(
+                f"-o needs a variable name to store the answer in, not {args.output!r}."
+            )
         view: StreamView | None = None
 
         def retrying(notice: RetryNotice) -> None:
@@ -201,6 +245,8 @@ class FlowGptMagics(Magics):
                 view.retrying(notice)
 
         with _usage_errors():
+            if not args.raw:
+                cell = expand(cell, ChainMap({"Err": self.errors}, self._namespace))
             request = build_request(
                 cell,
                 Defaults(self.default_model, self.temperature, self.system_message),
@@ -211,11 +257,15 @@ class FlowGptMagics(Magics):
                 reset=args.reset,
             )
             ref = resolve_model(request.model)
+            messages = request.messages(
+                self.conversation.wire_messages(self.history_turns, self.history_chars)
+            )
+            if args.dry_run:
+                print(self._dry_run(request, ref, messages))
+                return
             answer = ref.entry.provider.create_async_generator(
                 ref.model,
-                request.messages(
-                    self.conversation.wire_messages(self.history_turns, self.history_chars)
-                ),
+                messages,
                 proxy=self.proxy,
                 temperature=request.temperature,
                 timeout=self.timeout,
@@ -229,6 +279,29 @@ class FlowGptMagics(Magics):
         view = open_view(self._use_widget(), f"Waiting for {request.model}…")
         text = self._stream(answer, view)
         self._record(request, text)
+        self._namespace["_flowgpt"] = text
+        if args.output:
+            self._namespace[args.output] = text
+
+    def _dry_run(self, request: ChatRequest, ref: Any, messages: list[dict[str, str]]) -> str:
+        options = self._settings_of(ref.entry).request_options()
+        context = messages[:-1]
+        system = [m for m in context if m["role"] == "system"]
+        history = [m for m in context if m["role"] != "system"]
+        system_text = "\n".join(m["content"] for m in system) or "(the provider's own)"
+        return "\n".join(
+            [
+                "Dry run: nothing was sent.",
+                f"model:          {request.model}",
+                f"endpoint:       {redact_url(ref.entry.provider.endpoint(**options))}",
+                f"temperature:    {request.temperature:g}",
+                f"system message: {system_text}",
+                f"context:        {len(history)} messages, "
+                f"{sum(len(m['content']) for m in history):,} characters",
+                f"prompt ({len(request.prompt):,} characters):",
+                *("    " + line for line in request.prompt.splitlines()),
+            ]
+        )
 
     def _stream(self, answer: AsyncResult, view: StreamView) -> str:
         pieces: list[str] = []

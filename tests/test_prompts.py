@@ -1,0 +1,117 @@
+"""Prompts that use the notebook ({name}, {In[3]}, {Out[3]}, {Err}), dry runs, and capture."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.prompt import expand
+from flowgpt_magic.server import LocalServer, offline_answer
+
+
+def cell(shell: InteractiveShell, source: str) -> object:
+    """Run a cell as a notebook does: numbered, with In and Out kept."""
+    return shell.run_cell(source, store_history=True).error_in_exec
+
+
+def question(server: LocalServer) -> str:
+    return str(server.state.requests[-1].body["question"])
+
+
+def test_names_attributes_and_indexes_are_filled_in(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    cell(shell, "import types\ntopic = 'tides'\nconfig = types.SimpleNamespace(depth=42)")
+    cell(shell, "items = ['zero', 'one']")
+    assert cell(shell, "%%flowgpt\nAbout {topic} at {config.depth} m, item {items[1]}.") is None
+    assert question(flowgpt_server) == "About tides at 42 m, item one."
+
+
+def test_in_and_out_of_earlier_cells_are_filled_in(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    count = shell.execution_count
+    cell(shell, "6 * 7")
+    assert cell(shell, f"%%flowgpt\nCell {{In[{count}]}} gave {{Out[{count}]}}.") is None
+    assert question(flowgpt_server) == "Cell 6 * 7 gave 42."
+
+
+def test_the_last_error_and_a_cell_s_error_come_with_their_tracebacks(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    failing = shell.execution_count
+    cell(shell, "def broken():\n    return 1 / 0\nbroken()")
+    cell(shell, "[][1]")
+    assert cell(shell, "%%flowgpt\nExplain this error:\n{Err}") is None
+    assert "IndexError: list index out of range" in question(flowgpt_server)
+    assert cell(shell, f"%%flowgpt\nAnd this one: {{Err[{failing}]}}") is None
+    asked = question(flowgpt_server)
+    assert "ZeroDivisionError: division by zero" in asked and "return 1 / 0" in asked
+
+
+def test_other_braces_stay_as_written() -> None:
+    pasted = 'json {"a": {"b": 1}}, f"{x + 1}", set() or {}, {1: 2}, {{literal}}'
+    assert expand(pasted, {}) == 'json {"a": {"b": 1}}, f"{x + 1}", set() or {}, {1: 2}, {literal}'
+
+
+def test_an_unknown_name_is_a_clear_error_and_nothing_is_sent(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    error = cell(shell, "%%flowgpt\nWhat about {nowhere_defined}?")
+    assert isinstance(error, UsageError)
+    assert "'nowhere_defined', which is not defined" in str(error) and "--raw" in str(error)
+    assert flowgpt_server.state.requests == []
+
+
+def test_raw_sends_the_cell_as_written(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    assert cell(shell, "%%flowgpt --raw\nKeep {nowhere_defined} and {Err} as they are") is None
+    assert question(flowgpt_server) == "Keep {nowhere_defined} and {Err} as they are"
+
+
+def test_errors_are_heard_through_events_and_the_exception_hook_is_left_alone(
+    shell: InteractiveShell, magics: FlowGptMagics
+) -> None:
+    # set_custom_exc (what other chat magics use) would fill custom_exceptions.
+    assert shell.custom_exceptions == ()
+    assert magics._remember_error in shell.events.callbacks["post_run_cell"]
+    shell.run_line_magic("unload_ext", "flowgpt_magic")
+    try:
+        assert magics._remember_error not in shell.events.callbacks["post_run_cell"]
+    finally:
+        shell.run_line_magic("load_ext", "flowgpt_magic")
+
+
+def test_a_dry_run_shows_everything_and_sends_nothing(
+    shell: InteractiveShell, flowgpt_server: LocalServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cell(shell, "%%flowgpt\nFirst")
+    capsys.readouterr()
+    cell(shell, "topic = 'moons'")
+    assert cell(shell, '%%flowgpt --dry-run -m gemini -t 0.3 -s "Be brief."\nAbout {topic}') is None
+    out = capsys.readouterr().out
+    assert len(flowgpt_server.state.requests) == 1
+    assert out.startswith("Dry run: nothing was sent.")
+    for line in (
+        "model:          google-gemini",
+        "temperature:    0.3",
+        "system message: Be brief.",
+        "context:        2 messages",
+        "prompt (11 characters):",
+        "    About moons",
+    ):
+        assert line in out
+
+
+def test_the_answer_is_kept_in_a_variable(
+    shell: InteractiveShell, magics: FlowGptMagics, flowgpt_server: LocalServer
+) -> None:
+    assert cell(shell, "%%flowgpt -o summary\nSummarise") is None
+    expected = offline_answer(flowgpt_server.state.requests[0].body)
+    assert shell.user_ns["summary"] == expected
+    assert shell.user_ns["_flowgpt"] == expected
+    error = cell(shell, "%%flowgpt -o class\nx")
+    assert isinstance(error, UsageError) and "-o needs a variable name" in str(error)
