@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ class Message:
     content: str
     #: The model that wrote an assistant message, when known.
     model: str | None = None
+    #: The notebook cell the exchange came from, when the frontend says (JupyterLab does).
+    cell_id: str | None = None
+    #: When an assistant message was completed (Unix time; a float is smaller than a string).
+    time: float | None = None
 
     def to_wire(self) -> dict[str, str]:
         """The ``{"role", "content"}`` form providers take."""
@@ -35,6 +40,10 @@ class Message:
         data = self.to_wire()
         if self.model:
             data["model"] = self.model
+        if self.cell_id:
+            data["cell_id"] = self.cell_id
+        if self.time is not None:
+            data["time"] = _iso(self.time)
         return data
 
 
@@ -57,8 +66,45 @@ class Conversation:
     def exchange_count(self) -> int:
         return sum(1 for message in self._messages if message.role == "user")
 
-    def add_exchange(self, prompt: str, answer: str, model: str | None = None) -> None:
-        self._messages += [Message("user", prompt), Message("assistant", answer, model)]
+    def add_exchange(
+        self,
+        prompt: str,
+        answer: str,
+        model: str | None = None,
+        cell_id: str | None = None,
+        time: float | None = None,
+    ) -> None:
+        """Add an exchange; one from a cell that already has one replaces it, in place."""
+        exchange = [
+            Message("user", prompt, cell_id=cell_id),
+            Message("assistant", answer, model, cell_id, time),
+        ]
+        start = self._exchange_of(cell_id) if cell_id else None
+        if start is None:
+            self._messages += exchange
+        else:
+            end = self._end_of_exchange(start)
+            self._messages[start:end] = exchange
+
+    def pop(self) -> bool:
+        """Remove the last exchange; False if there is none."""
+        starts = [i for i, m in enumerate(self._messages) if m.role == "user"]
+        if not starts:
+            return False
+        del self._messages[starts[-1] :]
+        return True
+
+    def _exchange_of(self, cell_id: str) -> int | None:
+        for index, message in enumerate(self._messages):
+            if message.role == "user" and message.cell_id == cell_id:
+                return index
+        return None
+
+    def _end_of_exchange(self, start: int) -> int:
+        end = start + 1
+        while end < len(self._messages) and self._messages[end].role != "user":
+            end += 1
+        return end
 
     def reset(self) -> None:
         self._messages.clear()
@@ -67,14 +113,20 @@ class Conversation:
         self._messages = list(other)
 
     def wire_messages(
-        self, max_turns: int | None = None, max_chars: int | None = None
+        self,
+        max_turns: int | None = None,
+        max_chars: int | None = None,
+        excluding_cell: str | None = None,
     ) -> list[dict[str, str]]:
         """The messages to send as context: all, or the most recent that fit the limits.
 
         Limits drop whole exchanges, oldest first: at most ``max_turns`` exchanges, and at
-        most ``max_chars`` characters of content. The conversation itself keeps everything.
+        most ``max_chars`` characters of content. A cell run again does not send its own
+        earlier exchange (``excluding_cell``). The conversation itself keeps everything.
         """
         messages = self._messages
+        if excluding_cell is not None:
+            messages = [m for m in messages if m.cell_id != excluding_cell]
         if max_turns is not None or max_chars is not None:
             messages = _most_recent(messages, max_turns, max_chars)
         return [message.to_wire() for message in messages]
@@ -87,11 +139,14 @@ class Conversation:
         lines = [f"Conversation: {count} exchange{'s' if count != 1 else ''}"]
         for message in self._messages:
             if message.role == "user":
-                speaker = "You"
+                speaker = "You" + (f" (cell {message.cell_id[:8]})" if message.cell_id else "")
             elif message.role == "system":
                 speaker = "System"
             else:
-                speaker = f"Assistant ({message.model})" if message.model else "Assistant"
+                when = _iso(message.time)[11:19] if message.time is not None else ""
+                about = [message.model or "", when]
+                details = ", ".join(part for part in about if part)
+                speaker = f"Assistant ({details})" if details else "Assistant"
             body = message.content.replace("\n", "\n    ")
             lines.append(f"\n{speaker}:\n    {body}")
         return "\n".join(lines)
@@ -190,11 +245,23 @@ def _message_from_json(item: Any, index: int, source: str) -> Message:
     where = f"{source}, message {index}"
     if not isinstance(item, dict):
         raise HistoryFileError(f"{where} must be an object, not {type(item).__name__}.")
-    role, content, model = item.get("role"), item.get("content"), item.get("model")
+    role, content = item.get("role"), item.get("content")
     if role not in ROLES:
         raise HistoryFileError(f"{where} has role {role!r}; expected one of {', '.join(ROLES)}.")
     if not isinstance(content, str):
         raise HistoryFileError(f"{where} has no string 'content'.")
-    if model is not None and not isinstance(model, str):
-        raise HistoryFileError(f"{where} has a 'model' that is not a string.")
-    return Message(role, content, model)
+    extra = {name: item.get(name) for name in ("model", "cell_id", "time")}
+    for name, value in extra.items():
+        if value is not None and not isinstance(value, str):
+            raise HistoryFileError(f"{where} has a {name!r} that is not a string.")
+    time = None
+    if extra["time"] is not None:
+        try:
+            time = datetime.fromisoformat(extra["time"]).timestamp()
+        except ValueError:
+            raise HistoryFileError(f"{where} has a 'time' that is not an ISO 8601 time.") from None
+    return Message(role, content, extra["model"], extra["cell_id"], time)
+
+
+def _iso(time: float) -> str:
+    return datetime.fromtimestamp(time).astimezone().isoformat(timespec="seconds")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keyword
 import shlex
+import time
 from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
@@ -116,6 +117,7 @@ class FlowGptMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.conversation = Conversation()
         self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
+        self._cell_id: str | None = None  # the running cell's id, when the frontend says
         self._runner = LoopRunner()
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
@@ -129,6 +131,7 @@ class FlowGptMagics(Magics):
             shell.configurables.extend(self.provider_settings.values())
             # IPython's events, not its exception hook: that stays the user's (or IPython's).
             shell.events.register("post_run_cell", self._remember_error)
+            shell.events.register("pre_run_cell", self._note_cell)
 
     @validate("default_model")
     def _resolve_default_model(self, proposal: Any) -> str:
@@ -148,6 +151,9 @@ class FlowGptMagics(Magics):
         except FlowGptError as error:
             raise TraitError(str(error)) from None
 
+    def _note_cell(self, info: Any) -> None:
+        self._cell_id = getattr(info, "cell_id", None)
+
     def _remember_error(self, result: Any) -> None:
         error = result.error_in_exec or result.error_before_exec
         if error is not None:
@@ -159,6 +165,7 @@ class FlowGptMagics(Magics):
     def close(self) -> None:
         if self.shell is not None:
             self.shell.events.unregister("post_run_cell", self._remember_error)
+            self.shell.events.unregister("pre_run_cell", self._note_cell)
         if self._session is not None and not self._session.closed:
             self._runner.run(self._session.close())
         self._runner.close()
@@ -258,7 +265,9 @@ class FlowGptMagics(Magics):
             )
             ref = resolve_model(request.model)
             messages = request.messages(
-                self.conversation.wire_messages(self.history_turns, self.history_chars)
+                self.conversation.wire_messages(
+                    self.history_turns, self.history_chars, excluding_cell=self._cell_id
+                )
             )
             if args.dry_run:
                 print(self._dry_run(request, ref, messages))
@@ -333,7 +342,9 @@ class FlowGptMagics(Magics):
             return
         if request.reset:
             self.conversation.reset()
-        self.conversation.add_exchange(request.prompt, answer, request.model)
+        self.conversation.add_exchange(
+            request.prompt, answer, request.model, self._cell_id, float(int(time.time()))
+        )
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -384,14 +395,18 @@ class FlowGptMagics(Magics):
     @argument("--reset", action="store_true", help="Empty the conversation.")
     @argument("--save", metavar="PATH", help="Write the conversation to PATH as JSON.")
     @argument("--load", metavar="PATH", help="Replace the conversation with the one in PATH.")
+    @argument("--pop", action="store_true", help="Remove the last exchange.")
+    @argument("--json", action="store_true", help="Print the conversation as JSON.")
     @line_magic
     def flowgpt_history(self, line: str) -> None:
-        """Show the notebook's conversation, or reset, save or load it."""
+        """Show the notebook's conversation (which cell each exchange came from, models and
+        times), or reset, save, load, pop or print it as JSON."""
         args = _parse(self.flowgpt_history, line)
-        chosen = [flag for flag in ("reset", "save", "load") if getattr(args, flag)]
+        chosen = [flag for flag in ("reset", "save", "load", "pop", "json") if getattr(args, flag)]
         if len(chosen) > 1:
             raise UsageError(
-                f"Give one of --reset, --save and --load at a time, not {' and '.join(chosen)}."
+                "Give one of --reset, --save, --load, --pop and --json at a time, not "
+                f"{' and '.join('--' + flag for flag in chosen)}."
             )
         conversation = self.conversation
         with _usage_errors():
@@ -406,6 +421,16 @@ class FlowGptMagics(Magics):
                 loaded = Conversation.load(args.load)
                 conversation.replace_with(loaded)
                 print(f"Loaded {_exchanges(conversation.exchange_count)} from {args.load}.")
+            elif args.pop:
+                removed = conversation.pop()
+                left = _exchanges(conversation.exchange_count)
+                print(
+                    f"Removed the last exchange; {left} left." if removed else "Nothing to remove."
+                )
+            elif args.json:
+                import json
+
+                print(json.dumps(conversation.to_json(), ensure_ascii=False, indent=1))
             else:
                 print(conversation.transcript())
 

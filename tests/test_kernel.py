@@ -3,6 +3,7 @@ driven with jupyter_client to watch the messages a frontend would receive."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -225,3 +226,35 @@ def test_the_waiting_line_says_when_a_request_is_retried(
     )
     (update,) = run.of_type("update_display_data")
     assert update["content"]["data"]["text/plain"].startswith("[Offline answer")
+
+
+def execute_in_cell(kc: BlockingKernelClient, code: str, cell_id: str) -> Execution:
+    """Execute as JupyterLab and Notebook 7 do: the cell's id in the request's metadata."""
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    message = kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+    kc.shell_channel.send(message)
+    return finish(kc, message["header"]["msg_id"])
+
+
+def test_a_notebook_cell_run_twice_leaves_one_exchange(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    for prompt in ("First try", "Second try"):
+        assert execute_in_cell(kc, f"%%flowgpt\n{prompt}", "cell-7").reply["status"] == "ok"
+    assert execute_in_cell(kc, "%%flowgpt\nAnother cell", "cell-8").reply["status"] == "ok"
+    run = finish(kc, kc.execute("%flowgpt_history --json"))
+    (text,) = [m["content"]["text"] for m in run.of_type("stream")]
+    history = json.loads(text)
+    assert [(m["content"], m["cell_id"]) for m in history["messages"] if m["role"] == "user"] == [
+        ("Second try", "cell-7"),
+        ("Another cell", "cell-8"),
+    ]
+    assert flowgpt_server.state.requests[1].body["history"][1:] == []  # not its own old try

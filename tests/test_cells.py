@@ -1,0 +1,73 @@
+"""History that follows the cells: re-running a cell replaces its exchange."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from flowgpt_magic.conversation import Conversation
+from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.server import LocalServer
+
+
+def run(shell: InteractiveShell, prompt: str, cell_id: str | None) -> None:
+    result = shell.run_cell(f"%%flowgpt\n{prompt}", cell_id=cell_id)
+    assert result.error_in_exec is None
+
+
+def prompts(magics: FlowGptMagics) -> list[str]:
+    return [m.content for m in magics.conversation if m.role == "user"]
+
+
+def test_running_a_cell_again_replaces_its_exchange_in_place(
+    shell: InteractiveShell, magics: FlowGptMagics, flowgpt_server: LocalServer
+) -> None:
+    run(shell, "A, first try", "cell-a")
+    run(shell, "B", "cell-b")
+    run(shell, "A, second try", "cell-a")
+    assert prompts(magics) == ["A, second try", "B"]
+    # The re-run cell did not send its own earlier exchange as context.
+    sent = flowgpt_server.state.requests[-1].body["history"][1:]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["B"]
+
+
+def test_without_a_cell_id_exchanges_are_appended(
+    shell: InteractiveShell, magics: FlowGptMagics
+) -> None:
+    run(shell, "Same", None)
+    run(shell, "Same", None)
+    assert prompts(magics) == ["Same", "Same"]
+
+
+def test_the_transcript_names_cells_models_and_times(
+    shell: InteractiveShell, magics: FlowGptMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(shell, "Where from?", "0123456789abcdef")
+    capsys.readouterr()
+    shell.run_line_magic("flowgpt_history", "")
+    out = capsys.readouterr().out
+    assert "You (cell 01234567):" in out
+    assert "Assistant (gpt-3.5-turbo, " in out  # then the time, hh:mm:ss
+
+
+def test_json_pop_and_files_keep_cells_and_times(
+    shell: InteractiveShell,
+    magics: FlowGptMagics,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run(shell, "One", "c1")
+    run(shell, "Two", "c2")
+    capsys.readouterr()
+    shell.run_line_magic("flowgpt_history", "--json")
+    data = json.loads(capsys.readouterr().out)
+    assert [m.get("cell_id") for m in data["messages"]] == ["c1", "c1", "c2", "c2"]
+    assert "T" in data["messages"][1]["time"]  # ISO 8601
+    saved = magics.conversation.save(tmp_path / "chat.json")
+    assert list(Conversation.load(saved)) == list(magics.conversation)
+    shell.run_line_magic("flowgpt_history", "--pop")
+    assert prompts(magics) == ["One"]
+    assert "Removed the last exchange; 1 exchange left." in capsys.readouterr().out
