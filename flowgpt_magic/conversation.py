@@ -207,6 +207,41 @@ class Conversation:
         return target
 
     @classmethod
+    def from_notebook(cls, path: str | os.PathLike[str]) -> Conversation:
+        """The exchanges a saved notebook's answers carry, in cell order.
+
+        Only complete answers that were part of the conversation count: not interrupted or
+        failed ones, nor --no-history ones. A cell's last answer wins.
+        """
+        source = Path(path).expanduser()
+        if not source.exists() and Path(source.name).exists():
+            source = Path(source.name)  # the server's path is from its root; we run beside it
+        try:
+            notebook = json.loads(source.read_text(encoding="utf-8"))
+            cells = notebook["cells"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise HistoryFileError(f"Could not read the notebook {source}: {error}.") from None
+        conversation = cls()
+        for cell in cells:
+            for output in cell.get("outputs", []) if isinstance(cell, dict) else []:
+                record = (output.get("metadata") or {}).get("flowgpt_magic")
+                if (
+                    isinstance(record, dict)
+                    and record.get("outcome") == "complete"
+                    and record.get("recorded")
+                    and isinstance(record.get("prompt"), str)
+                    and isinstance(record.get("answer"), str)
+                ):
+                    conversation.add_exchange(
+                        record["prompt"],
+                        record["answer"],
+                        record.get("model"),
+                        record.get("cell_id") or cell.get("id"),
+                        record.get("time"),
+                    )
+        return conversation
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Conversation:
         source = Path(path).expanduser()
         try:

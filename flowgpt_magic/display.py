@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     from .provider import RetryNotice
 
+#: The key under which an answer's output carries its exchange (see --from-notebook).
+METADATA_KEY = "flowgpt_magic"
 #: Seconds between two display updates while an answer streams (at most 20 a second).
 FLUSH_INTERVAL = 0.05
 
@@ -31,8 +33,9 @@ class StreamView(Protocol):
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
 
-    def finish(self, text: str) -> None:
-        """End the live view; ``text`` is everything that arrived (maybe a partial answer)."""
+    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
+        """End the live view; ``text`` is everything that arrived (maybe a partial answer),
+        ``exchange`` what the static output carries as metadata."""
 
 
 class TextView:
@@ -50,7 +53,7 @@ class TextView:
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
-    def finish(self, text: str) -> None:
+    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
         if self._last_piece and not self._last_piece.endswith("\n"):
             self._stream.write("\n")
         self._stream.flush()
@@ -104,7 +107,7 @@ class WidgetView:
         if not self._started:
             self._output.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
 
-    def finish(self, text: str) -> None:
+    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
         if not self._capturing:
             return
         self._flush()
@@ -112,7 +115,8 @@ class WidgetView:
         # Stop capturing before anything else is shown: an error line after the answer
         # (an interrupt, a failed request) must land in the cell, not in a closed widget.
         self._output.msg_id = ""
-        self._handle.update({"text/plain": text}, raw=True)
+        metadata = {METADATA_KEY: exchange} if exchange is not None else None
+        self._handle.update({"text/plain": text}, raw=True, metadata=metadata)
         self._output.layout.close()
         self._output.close()
 

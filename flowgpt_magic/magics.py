@@ -286,7 +286,7 @@ class FlowGptMagics(Magics):
                 **self._settings_of(ref.entry).request_options(),
             )
         view = open_view(self._use_widget(), f"Waiting for {request.model}…")
-        text = self._stream(answer, view)
+        text = self._stream(answer, view, request)
         self._record(request, text)
         self._namespace["_flowgpt"] = text
         if args.output:
@@ -312,24 +312,52 @@ class FlowGptMagics(Magics):
             ]
         )
 
-    def _stream(self, answer: AsyncResult, view: StreamView) -> str:
+    def _stream(self, answer: AsyncResult, view: StreamView, request: ChatRequest) -> str:
         pieces: list[str] = []
+        started = time.monotonic()
+        first_piece: float | None = None
 
         async def receive() -> None:
+            nonlocal first_piece
             async with aclosing(answer):
                 async for piece in answer:
+                    if first_piece is None:
+                        first_piece = time.monotonic() - started
                     pieces.append(piece)
                     view.write(piece)
 
+        outcome = "failed"
         try:
             self._runner.run(receive())
+            outcome = "complete"
         except KeyboardInterrupt:
+            outcome = "interrupted"
             raise AnswerInterrupted(sum(map(len, pieces))) from None
         except FlowGptError as error:
             raise UsageError(str(error)) from None
         finally:
             text = "".join(pieces)
-            view.finish(text)
+            # The exchange travels with the output, so that a saved notebook carries it
+            # (%flowgpt_history --from-notebook rebuilds the conversation from these).
+            view.finish(
+                text,
+                {
+                    "version": 1,
+                    "prompt": request.prompt,
+                    "answer": text,
+                    "model": request.model,
+                    "temperature": request.temperature,
+                    "system": request.system,
+                    "cell_id": self._cell_id,
+                    "recorded": request.records,
+                    "outcome": outcome,
+                    "time": float(int(time.time())),
+                    "first_piece_seconds": first_piece,
+                    "total_seconds": time.monotonic() - started,
+                    "pieces": len(pieces),
+                    "characters": len(text),
+                },
+            )
         return text
 
     def _record(self, request: ChatRequest, answer: str) -> None:
@@ -397,16 +425,25 @@ class FlowGptMagics(Magics):
     @argument("--load", metavar="PATH", help="Replace the conversation with the one in PATH.")
     @argument("--pop", action="store_true", help="Remove the last exchange.")
     @argument("--json", action="store_true", help="Print the conversation as JSON.")
+    @argument(
+        "--from-notebook",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="Rebuild the conversation from the answers saved in a notebook (default: this "
+        "one), e.g. after a kernel restart.",
+    )
     @line_magic
     def flowgpt_history(self, line: str) -> None:
         """Show the notebook's conversation (which cell each exchange came from, models and
         times), or reset, save, load, pop or print it as JSON."""
         args = _parse(self.flowgpt_history, line)
-        chosen = [flag for flag in ("reset", "save", "load", "pop", "json") if getattr(args, flag)]
+        flags = ("reset", "save", "load", "pop", "json", "from_notebook")
+        chosen = [flag for flag in flags if getattr(args, flag) not in (None, False)]
         if len(chosen) > 1:
             raise UsageError(
-                "Give one of --reset, --save, --load, --pop and --json at a time, not "
-                f"{' and '.join('--' + flag for flag in chosen)}."
+                "Give one of --reset, --save, --load, --pop, --json and --from-notebook at a "
+                f"time, not {' and '.join('--' + flag.replace('_', '-') for flag in chosen)}."
             )
         conversation = self.conversation
         with _usage_errors():
@@ -431,6 +468,15 @@ class FlowGptMagics(Magics):
                 import json
 
                 print(json.dumps(conversation.to_json(), ensure_ascii=False, indent=1))
+            elif args.from_notebook is not None:
+                notebook = args.from_notebook or self._namespace.get("__session__")
+                if not notebook:
+                    raise UsageError(
+                        "This kernel was not told which notebook it runs; give its path: "
+                        "%flowgpt_history --from-notebook PATH."
+                    )
+                conversation.replace_with(Conversation.from_notebook(notebook))
+                print(f"Rebuilt {_exchanges(conversation.exchange_count)} from {notebook}.")
             else:
                 print(conversation.transcript())
 

@@ -71,3 +71,51 @@ def test_json_pop_and_files_keep_cells_and_times(
     shell.run_line_magic("flowgpt_history", "--pop")
     assert prompts(magics) == ["One"]
     assert "Removed the last exchange; 1 exchange left." in capsys.readouterr().out
+
+
+def test_only_complete_recorded_answers_come_back_from_a_notebook(
+    shell: InteractiveShell,
+    magics: FlowGptMagics,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def answer(prompt: str, outcome: str, recorded: bool = True) -> dict[str, object]:
+        record = {
+            "prompt": prompt,
+            "answer": f"re: {prompt}",
+            "model": "m",
+            "outcome": outcome,
+            "recorded": recorded,
+            "cell_id": None,
+            "time": 1.0,
+        }
+        return {
+            "output_type": "display_data",
+            "data": {"text/plain": f"re: {prompt}"},
+            "metadata": {"flowgpt_magic": record},
+        }
+
+    cells = [
+        {"cell_type": "code", "id": "a", "source": "", "outputs": [answer("kept", "complete")]},
+        {"cell_type": "code", "id": "b", "source": "", "outputs": [answer("cut", "interrupted")]},
+        {"cell_type": "code", "id": "c", "source": "", "outputs": [answer("broke", "failed")]},
+        {
+            "cell_type": "code",
+            "id": "d",
+            "source": "",
+            "outputs": [answer("aside", "complete", recorded=False)],
+        },
+        {"cell_type": "markdown", "id": "e", "source": "text"},
+    ]
+    path = tmp_path / "this notebook.ipynb"
+    path.write_text(
+        json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    shell.user_ns["__session__"] = str(path)  # what Jupyter tells the kernel
+    try:
+        shell.run_line_magic("flowgpt_history", "--from-notebook")
+    finally:
+        del shell.user_ns["__session__"]
+    assert prompts(magics) == ["kept"]
+    assert [m.cell_id for m in magics.conversation] == ["a", "a"]
+    assert "Rebuilt 1 exchange from" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -258,3 +259,55 @@ def test_a_notebook_cell_run_twice_leaves_one_exchange(
         ("Another cell", "cell-8"),
     ]
     assert flowgpt_server.state.requests[1].body["history"][1:] == []  # not its own old try
+
+
+def test_saved_answers_carry_their_exchange_and_outlive_the_kernel(
+    flowgpt_server: LocalServer, tmp_path: Path
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(source)
+        for source in [
+            "%load_ext flowgpt_magic",
+            "%%flowgpt\nFirst question",
+            "%%flowgpt -t 0.3\nSecond question",
+            "%%flowgpt --no-history\nAn aside",
+        ]
+    ]
+    NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nb, path)
+
+    record = nb.cells[2].outputs[0].metadata["flowgpt_magic"]
+    assert (record["prompt"], record["temperature"], record["outcome"]) == (
+        "Second question",
+        0.3,
+        "complete",
+    )
+    assert record["answer"] == nb.cells[2].outputs[0].data["text/plain"]
+    assert record["pieces"] > 10 and 0 <= record["first_piece_seconds"] <= record["total_seconds"]
+
+    # Exported, the notebook shows every answer (no widget state needed).
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(path, as_version=4))
+    for asked in ("First question", "Second question", "An aside"):
+        assert f"You asked: «{asked}»" in html
+
+    # A new kernel, as after a restart, picks the conversation up from the saved answers.
+    again = nbformat.v4.new_notebook()
+    again.cells = [
+        nbformat.v4.new_code_cell(source)
+        for source in [
+            "%load_ext flowgpt_magic",
+            f"%flowgpt_history --from-notebook {path}",
+            "%%flowgpt\nWhere were we?",
+        ]
+    ]
+    NotebookClient(again, kernel_name="python3", timeout=60).execute()
+    assert again.cells[1].outputs[0].text.startswith("Rebuilt 2 exchanges from")
+    sent = flowgpt_server.state.requests[-1].body["history"][1:]
+    assert [m["content"] for m in sent if m["role"] == "user"] == [
+        "First question",
+        "Second question",
+    ]
