@@ -171,7 +171,7 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
         """The model ids the server offers (``GET {base_url}/models``), sorted."""
         import aiohttp
 
-        from .provider import PreparedRequest, status_error, timeout_errors, translate_error
+        from .provider import status_error, timeout_errors, translate_error
 
         url = cls.endpoint(base_url) + "/models"
         failures: tuple[type[Exception], ...] = (aiohttp.ClientError, *timeout_errors())
@@ -187,8 +187,9 @@ class OpenAICompatible(AsyncGeneratorProvider, ProviderModelMixin):
                         raise await status_error(response, url, _STATUS_ADVICE)
                     data = await response.json(content_type=None)
             except failures as error:
-                target = PreparedRequest(url, {}, {}, proxy, _ENDPOINT_HINT, _STATUS_ADVICE)
-                raise translate_error(error, target, client_timeout, silence=timeout) from None
+                raise translate_error(
+                    error, url, proxy, _ENDPOINT_HINT, client_timeout, silence=timeout
+                ) from None
             except ValueError:
                 raise ResponseFormatError(f"{url} did not answer with JSON.") from None
         entries = data.get("data") if isinstance(data, dict) else None

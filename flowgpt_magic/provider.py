@@ -455,9 +455,10 @@ async def _stream_text(
                 while chunk := await _within(read(), silence):
                     block = lines.feed(chunk)
                     if block is not None:
-                        for piece in parser.parse(block):
-                            if not started:
-                                silence, started = delivery.timeout, True
+                        pieces = parser.parse(block)
+                        if pieces and not started:
+                            silence, started = delivery.timeout, True
+                        for piece in pieces:
                             yield piece
                         if parser.error is not None:
                             raise parser.error
@@ -466,7 +467,9 @@ async def _stream_text(
             except failures as error:
                 raise translate_error(
                     error,
-                    request,
+                    request.url,
+                    request.proxy,
+                    request.endpoint_hint,
                     client_timeout,
                     streaming=True,
                     silence=silence,
@@ -511,7 +514,12 @@ async def _answering(
             )
         except failures as error:
             failure = translate_error(
-                error, request, client_timeout, silence=delivery.first_piece_limit
+                error,
+                request.url,
+                request.proxy,
+                request.endpoint_hint,
+                client_timeout,
+                silence=delivery.first_piece_limit,
             )
         else:
             if 200 <= response.status < 300:
@@ -545,7 +553,9 @@ def host_of(url: str) -> str:
 
 def translate_error(
     error: BaseException,
-    request: PreparedRequest,
+    url: str,
+    proxy: str | None,
+    hint: str,
     timeout: aiohttp.ClientTimeout,
     *,
     streaming: bool = False,
@@ -554,12 +564,12 @@ def translate_error(
 ) -> RequestFailedError:
     """One clear sentence for an aiohttp or timeout failure, with secrets redacted.
 
-    ``streaming`` says whether the answer had begun (the headers had arrived), ``started``
-    whether text had, and ``silence`` how long the server was allowed to stay silent.
+    ``hint`` says how to change the endpoint; ``streaming`` whether the answer had begun
+    (the headers had arrived), ``started`` whether text had, and ``silence`` how long the
+    server was allowed to stay silent.
     """
     import aiohttp
 
-    url, proxy, hint = request.url, request.proxy, request.endpoint_hint
     host = host_of(url)
     if isinstance(error, aiohttp.ClientProxyConnectionError) or (
         proxy and isinstance(error, aiohttp.ClientHttpProxyError)
