@@ -1,20 +1,24 @@
-"""Showing an answer while it streams: an output widget in Jupyter, stdout in a terminal.
+"""Showing an answer while it streams: output widgets in Jupyter, stdout in a terminal.
 
-The widget view shows a waiting line, then captures this cell's stdout into an
-``ipywidgets.Output``: the text travels as ordinary stream messages, which the frontend
-appends, so each update carries only the new text instead of the whole answer. Updates are
-coalesced: pieces collect in a list, and are written to stdout, joined, the first at once
-and later ones at most ``1 / FLUSH_INTERVAL`` times a second: one stream message each, and
-no per-piece cost in the kernel's stdout.
-When the answer ends, the widget is replaced by a static text output, so a saved notebook,
-an export or a frontend without widgets still shows the answer, and the widget is closed.
+In Jupyter an answer takes two outputs. The first is an ``ipywidgets.Output`` that this
+cell's output flows into, so whatever is sent to it is appended by the frontend: in
+Markdown, each finished block (a paragraph, a list, a whole code block), rendered once and
+kept; in text, the text itself, as ordinary stream messages. The second, a status line below
+it, shows the waiting line, retry notices, and in Markdown the unfinished block, the only
+part rendered again as it grows. Updates are coalesced: pieces collect in a list and are sent
+joined, the first at once and later ones at most ``1 / FLUSH_INTERVAL`` times a second.
+
+When the answer ends, the first output is replaced by a static one (Markdown, text or a code
+block) carrying the exchange as metadata, and the status line by a footer, so a saved
+notebook, an export or a frontend without widgets still shows the answer; the widgets are
+closed.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 if TYPE_CHECKING:
     import asyncio
@@ -23,8 +27,16 @@ if TYPE_CHECKING:
 
 #: The key under which an answer's output carries its exchange (see --from-notebook).
 METADATA_KEY = "flowgpt_magic"
-#: Seconds between two display updates while an answer streams (at most 20 a second).
-FLUSH_INTERVAL = 0.05
+#: Seconds between two display updates while an answer streams. A Markdown update may take
+#: two messages (finished blocks, and the unfinished one), so 15 a second keep the frontend
+#: under 30 messages a second.
+FLUSH_INTERVAL = 1 / 15
+#: The unfinished Markdown block is cut at a line (or word) once it is this long, so that a
+#: long paragraph or code block is not sent and rendered again whole on every update.
+TAIL_LIMIT = 4_000
+
+Format = Literal["markdown", "text", "code"]
+FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
 
 
 class StreamView(Protocol):
@@ -33,9 +45,10 @@ class StreamView(Protocol):
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
 
-    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
+    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
         """End the live view; ``text`` is everything that arrived (maybe a partial answer),
-        ``exchange`` what the static output carries as metadata."""
+        ``exchange`` what the static output carries as metadata, ``footer`` the line under
+        it (None: none)."""
 
 
 class TextView:
@@ -53,31 +66,37 @@ class TextView:
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
-    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
+    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
         if self._last_piece and not self._last_piece.endswith("\n"):
             self._stream.write("\n")
+        if footer is not None:
+            self._stream.write(f"({footer})\n")
         self._stream.flush()
 
 
 class WidgetView:
-    """An Output widget that shows a waiting line until the first piece, then the answer;
-    replaced by static text when the answer ends.
+    """The answer (an Output widget capturing this cell's output) and a status line under
+    it; both replaced by static outputs when the answer ends."""
 
-    One widget, not a box of two: every widget costs comm messages to open and close.
-    """
-
-    def __init__(self, waiting: str) -> None:
+    def __init__(self, waiting: str, answer_format: Format) -> None:
         import ipywidgets
         from IPython.display import display
 
         self._waiting = waiting
-        self._output = ipywidgets.Output(outputs=(_note(waiting),))
-        self._handle: Any = display(self._output, display_id=True)
-        # From here on this cell's output goes into the widget. This is what
+        self._format = answer_format
+        # Both widgets share one Layout: each Layout is a widget of its own, with comm
+        # messages to open it, and these never change their layout.
+        layout = _shared_layout()
+        self._answer = ipywidgets.Output(layout=layout)
+        self._status = ipywidgets.Output(outputs=(_note(waiting),), layout=layout)
+        self._answer_handle: Any = display(self._answer, display_id=True)
+        self._status_handle: Any = display(self._status, display_id=True)
+        # From here on this cell's output goes into the answer widget. This is what
         # Output.__enter__ does, less its flush of stdout and stderr: display() has just
         # flushed both, and every flush waits for the kernel's IO thread.
-        self._output.msg_id = _current_msg_id()
+        self._answer.msg_id = _current_msg_id()
         self._capturing = True
+        self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
         self._pending: list[str] = []
         self._started = False
         self._last_flush = 0.0
@@ -89,8 +108,9 @@ class WidgetView:
             return  # a flush is due soon; it takes this piece along
         if not self._started:
             self._started = True
-            self._output.outputs = ()  # the waiting line goes; the text follows
-            self._flush()
+            if self._blocks is None:
+                self._status.outputs = ()  # the waiting line goes; the text comes above
+            self._flush()  # (in Markdown, the first piece replaces the waiting line)
             return
         wait = self._last_flush + FLUSH_INTERVAL - time.monotonic()
         if wait <= 0:
@@ -105,30 +125,181 @@ class WidgetView:
 
     def retrying(self, notice: RetryNotice) -> None:
         if not self._started:
-            self._output.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
+            self._status.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
 
-    def finish(self, text: str, exchange: dict[str, Any] | None = None) -> None:
+    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
         if not self._capturing:
             return
-        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
         self._capturing = False
         # Stop capturing before anything else is shown: an error line after the answer
         # (an interrupt, a failed request) must land in the cell, not in a closed widget.
-        self._output.msg_id = ""
-        metadata = {METADATA_KEY: exchange} if exchange is not None else None
-        self._handle.update({"text/plain": text}, raw=True, metadata=metadata)
-        self._output.layout.close()
-        self._output.close()
+        # What is still pending need not be sent: the static output replaces it all.
+        self._answer.msg_id = ""
+        self._answer_handle.update(
+            static_bundle(text, self._format), raw=True, metadata={METADATA_KEY: exchange}
+        )
+        self._status_handle.update(_footer_bundle(footer) if footer else {}, raw=True)
+        self._answer.close()
+        self._status.close()
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._last_flush = time.monotonic()
-        if self._pending:
-            sys.stdout.write("".join(self._pending))
-            self._pending.clear()
-        sys.stdout.flush()
+        text = "".join(self._pending)
+        self._pending.clear()
+        if self._blocks is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        finished = self._blocks.feed(text)
+        if finished:
+            from IPython.display import publish_display_data
+
+            block = "".join(finished)
+            publish_display_data({"text/markdown": block, "text/plain": block})
+        if text or finished:
+            shown = self._blocks.shown_tail
+            self._status.outputs = (_markdown(shown),) if shown else ()
+
+
+class MarkdownBlocks:
+    """Cuts a Markdown answer, as it grows, into finished blocks and an unfinished tail.
+
+    A block ends at a blank line outside a fenced code block when the next line starts in
+    the first column: an indented line after a blank one may go on with a list item (and
+    alone would render as code). A finished block renders the same on its own as within the
+    whole answer, so it is sent once and kept; only the tail changes. A tail longer than
+    ``TAIL_LIMIT`` is cut at its last line break (or space) into a block of its own; within
+    a code block, the cut closes the fence and the tail reopens it.
+    """
+
+    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
+        self.tail = ""
+        self._tail_limit = tail_limit
+        self._scanned = 0  # where in the tail the first line not yet looked at starts
+        self._fence = ""  # the fence of the open code block ("```", "~~~~"), or ""
+        self._opening = ""  # the line that opened it
+        self._reopen = ""  # that line again, when a cut split the code block
+        self._blank = False  # the last line looked at was blank, outside a code block
+
+    @property
+    def shown_tail(self) -> str:
+        return self._reopen + self.tail if self.tail else ""
+
+    def feed(self, text: str) -> list[str]:
+        """Add ``text``; return the blocks it finished, in order."""
+        tail = self.tail + text
+        blocks: list[str] = []
+        start, scanned = 0, self._scanned
+        while (end := tail.find("\n", scanned)) != -1:
+            line = tail[scanned:end]
+            if self._fence:
+                if _closes(line, self._fence):
+                    self._fence = ""
+            elif not line.strip():
+                self._blank = True
+            else:
+                if self._blank and not line[0].isspace():
+                    blocks.append(self._reopen + tail[start:scanned])
+                    self._reopen = ""
+                    start = scanned
+                self._blank = False
+                self._fence = _opens(line)
+                self._opening = line + "\n"
+            scanned = end + 1
+        self.tail, self._scanned = tail[start:], scanned - start
+        if len(self.tail) > self._tail_limit:
+            blocks.append(self._cut())
+        return blocks
+
+    def _cut(self) -> str:
+        """Cut the tail after its last whole line, or else at its last space."""
+        tail = self.tail
+        at = self._scanned or tail.rfind(" ") + 1 or len(tail)
+        block, self.tail = self._reopen + tail[:at], tail[at:]
+        self._scanned = max(0, self._scanned - at)
+        self._reopen = ""
+        if self._fence:
+            # Close the code block here, so that it renders as one; the rest reopens it.
+            self._reopen = self._opening
+            block += ("" if block.endswith("\n") else "\n") + self._fence + "\n"
+        return block
+
+
+def _opens(line: str) -> str:
+    """The fence a line opens a code block with (```` ``` ````, ``~~~``...), or ""."""
+    stripped = line.lstrip(" ")
+    if len(line) - len(stripped) > 3 or stripped[:3] not in ("```", "~~~"):
+        return ""
+    fence = stripped[: len(stripped) - len(stripped.lstrip(stripped[0]))]
+    if fence[0] == "`" and "`" in stripped[len(fence) :]:
+        return ""  # an inline code span, not a fence
+    return fence
+
+
+def _closes(line: str, fence: str) -> bool:
+    stripped = line.strip()
+    return (
+        len(line) - len(line.lstrip(" ")) <= 3
+        and len(stripped) >= len(fence)
+        and stripped == fence[0] * len(stripped)
+    )
+
+
+def code_of(text: str) -> tuple[str, str]:
+    """The code in an answer, and its language: the contents of its fenced code blocks
+    (the last may be unfinished), or else the whole answer, taken as Python."""
+    language, code, fence = "", [], ""
+    for line in text.splitlines():
+        if fence:
+            if _closes(line, fence):
+                fence = ""
+                code.append("")
+            else:
+                code.append(line)
+        elif fence := _opens(line):
+            info = line.strip()[len(fence) :].split()
+            language = language or (info[0] if info else "")
+    if not code and not fence:
+        return text.strip("\n"), "python"
+    return "\n".join(code).strip("\n"), language or "python"
+
+
+def static_bundle(text: str, answer_format: Format) -> dict[str, str]:
+    """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
+    that frontends highlight it), always with plain text beside it."""
+    if answer_format == "text" or not text:
+        return {"text/plain": text}
+    if answer_format == "markdown":
+        return {"text/markdown": text, "text/plain": text}
+    code, language = code_of(text)
+    ticks = "`" * max(3, _longest_run(code, "`") + 1)
+    return {"text/markdown": f"{ticks}{language}\n{code}\n{ticks}", "text/plain": code}
+
+
+def _longest_run(text: str, char: str) -> int:
+    longest = run = 0
+    for c in text:
+        run = run + 1 if c == char else 0
+        longest = max(longest, run)
+    return longest
+
+
+def footer_line(exchange: dict[str, Any]) -> str:
+    """Model, time to first piece, total time, pieces and characters of an answer."""
+    first = exchange["first_piece_seconds"]
+    parts = [
+        exchange["model"],
+        f"first piece in {first:.2f} s" if first is not None else "no piece",
+        f"{exchange['total_seconds']:.2f} s in all",
+        f"{exchange['pieces']:,} piece{'s' if exchange['pieces'] != 1 else ''}",
+        f"{exchange['characters']:,} characters",
+    ]
+    return " · ".join(parts)  # (an interrupted or failed answer has its own line below)
 
 
 def retry_line(notice: RetryNotice) -> str:
@@ -138,19 +309,46 @@ def retry_line(notice: RetryNotice) -> str:
     )
 
 
-def _note(text: str) -> dict[str, Any]:
-    """An output holding a grey, italic line (the waiting line)."""
+def _grey(text: str, size: str = "inherit") -> str:
     import html
 
+    return (
+        f'<span style="color: var(--jp-ui-font-color2, #757575); font-size: {size}; '
+        f'font-style: italic">{html.escape(text)}</span>'
+    )
+
+
+def _note(text: str) -> dict[str, Any]:
+    """An output holding a grey, italic line (the waiting line)."""
     return {
         "output_type": "display_data",
-        "data": {
-            "text/html": '<span style="color: var(--jp-ui-font-color2, #757575); '
-            f'font-style: italic">{html.escape(text)}</span>',
-            "text/plain": text,
-        },
+        "data": {"text/html": _grey(text), "text/plain": text},
         "metadata": {},
     }
+
+
+def _markdown(text: str) -> dict[str, Any]:
+    return {
+        "output_type": "display_data",
+        "data": {"text/markdown": text, "text/plain": text},
+        "metadata": {},
+    }
+
+
+def _footer_bundle(footer: str) -> dict[str, str]:
+    return {"text/html": _grey(footer, "smaller"), "text/plain": f"({footer})"}
+
+
+_LAYOUT: Any = None
+
+
+def _shared_layout() -> Any:
+    global _LAYOUT
+    if _LAYOUT is None or _LAYOUT.comm is None:  # made anew if it was closed
+        import ipywidgets
+
+        _LAYOUT = ipywidgets.Layout()
+    return _LAYOUT
 
 
 def _current_msg_id() -> str:
@@ -162,5 +360,5 @@ def _current_msg_id() -> str:
     return str(parent["header"]["msg_id"])
 
 
-def open_view(use_widget: bool, waiting: str) -> StreamView:
-    return WidgetView(waiting) if use_widget else TextView()
+def open_view(use_widget: bool, waiting: str, answer_format: Format) -> StreamView:
+    return WidgetView(waiting, answer_format) if use_widget else TextView()

@@ -13,11 +13,11 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from .command import ChatRequest, Defaults, build_request
 from .conversation import Conversation
-from .display import StreamView, open_view
+from .display import FORMATS, Format, StreamView, code_of, footer_line, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
 from .flowgpt import FlowGpt
 from .loop import LoopRunner
@@ -111,6 +111,17 @@ class FlowGptMagics(Magics):
         "auto",
         help="How answers stream: 'widget' (an output widget, in Jupyter), 'text' (plain "
         "stdout), or 'auto' (widget in a kernel, text in a terminal).",
+    ).tag(config=True)
+    answer_format = Enum(
+        list(FORMATS),
+        "markdown",
+        help="How answers show in a notebook: 'markdown' (rendered as it streams), 'text', "
+        "or 'code' (the answer's code blocks, highlighted). A cell's -f overrides it.",
+    ).tag(config=True)
+    footer = Bool(
+        True,
+        help="Show a line under each answer: model, time to the first piece, total time, "
+        "pieces and characters.",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -226,6 +237,14 @@ class FlowGptMagics(Magics):
         help="Show what would be sent (model, temperature, system message, context, prompt), "
         "and send nothing.",
     )
+    @argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        help="Show the answer as markdown (rendered as it streams), text, or code (its code "
+        "blocks, highlighted; -o and _flowgpt then hold the code). Default: "
+        "FlowGptMagics.answer_format.",
+    )
     @argument("-o", "--output", metavar="NAME", help="Store the answer in the variable NAME.")
     @cell_magic
     def flowgpt(self, line: str, cell: str) -> None:
@@ -285,12 +304,14 @@ class FlowGptMagics(Magics):
                 session=self._http_session(),
                 **self._settings_of(ref.entry).request_options(),
             )
-        view = open_view(self._use_widget(), f"Waiting for {request.model}…")
-        text = self._stream(answer, view, request)
+        answer_format: Format = args.format or self.answer_format
+        view = open_view(self._use_widget(), f"Waiting for {request.model}…", answer_format)
+        text = self._stream(answer, view, request, answer_format)
         self._record(request, text)
-        self._namespace["_flowgpt"] = text
+        kept = code_of(text)[0] if answer_format == "code" else text
+        self._namespace["_flowgpt"] = kept
         if args.output:
-            self._namespace[args.output] = text
+            self._namespace[args.output] = kept
 
     def _dry_run(self, request: ChatRequest, ref: Any, messages: list[dict[str, str]]) -> str:
         options = self._settings_of(ref.entry).request_options()
@@ -312,7 +333,9 @@ class FlowGptMagics(Magics):
             ]
         )
 
-    def _stream(self, answer: AsyncResult, view: StreamView, request: ChatRequest) -> str:
+    def _stream(
+        self, answer: AsyncResult, view: StreamView, request: ChatRequest, answer_format: Format
+    ) -> str:
         pieces: list[str] = []
         started = time.monotonic()
         first_piece: float | None = None
@@ -339,25 +362,25 @@ class FlowGptMagics(Magics):
             text = "".join(pieces)
             # The exchange travels with the output, so that a saved notebook carries it
             # (%flowgpt_history --from-notebook rebuilds the conversation from these).
-            view.finish(
-                text,
-                {
-                    "version": 1,
-                    "prompt": request.prompt,
-                    "answer": text,
-                    "model": request.model,
-                    "temperature": request.temperature,
-                    "system": request.system,
-                    "cell_id": self._cell_id,
-                    "recorded": request.records,
-                    "outcome": outcome,
-                    "time": float(int(time.time())),
-                    "first_piece_seconds": first_piece,
-                    "total_seconds": time.monotonic() - started,
-                    "pieces": len(pieces),
-                    "characters": len(text),
-                },
-            )
+            exchange = {
+                "version": 1,
+                "prompt": request.prompt,
+                "answer": text,
+                "model": request.model,
+                "temperature": request.temperature,
+                "system": request.system,
+                "cell_id": self._cell_id,
+                "recorded": request.records,
+                "outcome": outcome,
+                "time": float(int(time.time())),
+                "first_piece_seconds": first_piece,
+                "total_seconds": time.monotonic() - started,
+                "pieces": len(pieces),
+                "characters": len(text),
+                "format": answer_format,
+            }
+            footer = footer_line(exchange) if self.footer and text else None
+            view.finish(text, exchange, footer)
         return text
 
     def _record(self, request: ChatRequest, answer: str) -> None:

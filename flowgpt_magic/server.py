@@ -41,7 +41,10 @@ OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "llama3.2"]
 MAX_CLOCK_SKEW = 300  # seconds a request's x-timestamp may be off
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DEVICE_ID = re.compile(r"f-[a-z0-9]{19}")
-_PIECE = re.compile(r"\S+\s*")
+_PIECE = re.compile(r"\s*\S+\s*")  # word by word, keeping every space and line break
+#: A prompt whose first line is this gets the rest of itself back, word by word: a way to
+#: see how any text (Markdown, code) streams and renders.
+ECHO = "/echo"
 
 
 @dataclass
@@ -504,6 +507,8 @@ def offline_answer(body: Mapping[str, Any]) -> str:
     else:  # FlowGPT's: folded, with a greeting that is not context
         question, system, temperature = body["question"], body["system"], body["temperature"]
         context = len(body["history"]) - 1
+    if question.startswith(ECHO + "\n"):
+        return question[len(ECHO) + 1 :]
     return (
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
         f"temperature {temperature:g}.] You asked: «{_excerpt(question)}». "

@@ -36,6 +36,9 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).parent.parent / "test-artifacts" / "screenshots"
 TOKEN = "flowgpt-magic-test"
 DONE_PROMPT = re.compile(r"\[\d+\]:")
+FOOTER = re.compile(
+    r"[\w.-]+ · first piece in [\d.]+ s · [\d.]+ s in all · [\d,]+ pieces? · [\d,]+ characters"
+)
 
 if sys.platform != "linux":
     pytest.skip("the browser tests drive Debian's Chromium on Linux", allow_module_level=True)
@@ -183,10 +186,22 @@ class Notebook:
         wait_until(lambda: bool(DONE_PROMPT.search(self.prompt(index))), timeout, f"cell {index}")
         return self.output(index)
 
-    def screenshot(self, name: str) -> None:
+    def answer(self, index: int) -> str:
+        """The answer shown in a cell above its footer, once both are on the page (the
+        Markdown may render a moment after the cell has finished)."""
+        wait_until(lambda: "\n" in self.output(index), 10, f"cell {index}'s answer")
+        answer, footer = self.output(index).rsplit("\n", 1)
+        assert FOOTER.fullmatch(footer), footer
+        return answer.strip()
+
+    def screenshot(self, name: str, of_cell: int | None = None) -> None:
+        """The page, or one cell (scrolled into view) when its output is long."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{self.lab.frontend}-{name}"
-        self.page.screenshot(path=str(path), full_page=True)
+        path = str(SCREENSHOTS / f"{self.lab.frontend}-{name}")
+        if of_cell is None:
+            self.page.screenshot(path=path, full_page=True)
+        else:
+            self.cell(of_cell).screenshot(path=path)
 
 
 @pytest.fixture
@@ -248,11 +263,11 @@ def test_the_answer_visibly_grows_while_it_streams(
                 notebook.screenshot("streaming-mid.png")
         time.sleep(0.05)
 
-    final = notebook.output(1)
+    final = notebook.answer(1)
     expected = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 80)).strip()
     assert final == expected
     assert seen[0] == "Waiting for gpt-3.5-turbo…"
-    growing = [text for text in seen[1:] if text != final]
+    growing = [text for text in seen[1:] if not FOOTER.search(text)]
     assert len(growing) >= 3, f"saw only {len(growing)} partial texts"
     for shorter, longer in zip(growing, [*growing[1:], final], strict=True):
         assert longer.startswith(shorter) and len(longer) > len(shorter)
@@ -276,9 +291,13 @@ def test_the_stop_button_stops_the_answer_and_the_notebook_carries_on(
     assert stopped_after < 1.0, f"the mark took {stopped_after:.2f} s"
     assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=5)
     wait_until(lambda: notebook.lab.kernel_idle(notebook.name), 10, "the kernel to go idle")
+    wait_until(lambda: notebook.output(1).count("\n") >= 2, 10, "the partial answer's Markdown")
     notebook.screenshot("interrupted.png")
 
-    partial, mark = notebook.output(1).rsplit("\n", 1)
+    shown, mark = notebook.output(1).rsplit("\n", 1)
+    partial, footer = shown.rsplit("\n", 1)
+    partial = partial.strip()
+    assert FOOTER.fullmatch(footer), footer
     full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 5_000))
     assert partial and full.startswith(partial) and len(partial) < len(full)
     assert re.fullmatch(
@@ -286,7 +305,7 @@ def test_the_stop_button_stops_the_answer_and_the_notebook_carries_on(
         r"conversation\.",
         mark,
     )
-    assert notebook.output(1) == f"{partial}\n{mark}"  # nothing more arrived
+    assert notebook.output(1) == f"{shown}\n{mark}"  # nothing more arrived
 
     flowgpt_server.state.options.min_pieces = 0
     answer = notebook.run_and_wait(2)
@@ -299,7 +318,9 @@ def test_a_saved_notebook_shows_its_answers_when_reopened(
     open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer, lab: Lab
 ) -> None:
     notebook = open_notebook(["%%flowgpt\nFirst question", "%%flowgpt -m gemini\nSecond question"])
-    answers = [notebook.run_and_wait(1), notebook.run_and_wait(2)]
+    notebook.run_and_wait(1)
+    notebook.run_and_wait(2)
+    answers = [notebook.answer(1), notebook.answer(2)]
     expected = ["".join(answer_pieces(r.body)) for r in flowgpt_server.state.requests]
     assert answers == [answer.strip() for answer in expected]
 
@@ -312,11 +333,91 @@ def test_a_saved_notebook_shows_its_answers_when_reopened(
 
     wait_until(lambda: all(saved_outputs()), 30, "the notebook to be saved with its outputs")
     for outputs, answer in zip(saved_outputs(), expected, strict=True):
-        # Static text, not a widget view: readable without widget state, in any viewer.
-        assert [output.data for output in outputs] == [{"text/plain": answer}]
+        # Static Markdown, not a widget view: readable without widget state, in any viewer.
+        saved, footer = [output.data for output in outputs]
+        assert saved == {"text/markdown": answer, "text/plain": answer}
+        assert FOOTER.fullmatch(footer["text/plain"].strip("()"))
 
     notebook.page.reload()
     notebook.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     wait_until(lambda: notebook.output(2) != "", 30, "the reopened notebook's outputs")
-    assert [notebook.output(1), notebook.output(2)] == [answer.strip() for answer in expected]
+    shown = [notebook.answer(1), notebook.answer(2)]
+    assert shown == [answer.strip() for answer in expected]
     notebook.screenshot("reopened.png")
+
+
+MARKDOWN = """\
+## Reading a file
+
+Use **`open`** in a `with` block, so that the file is closed even when an error is raised:
+
+```python
+from pathlib import Path
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+```
+
+Then check three things:
+
+- the *encoding* of the file;
+- what happens when it is missing (`FileNotFoundError`);
+- how large it can get.
+
+## Writing it back
+
+The same, with `"w"`: `open(path, "w")`. That is all."""
+
+# What the page shows of the answer: its headings, code blocks, highlighted code, list items.
+RENDERED = """(cell) => {
+    const area = cell.querySelector('.jp-Cell-outputArea');
+    const count = (selector) => area.querySelectorAll(selector).length;
+    const first = area.querySelector('.jp-RenderedMarkdown h2');
+    if (first && !first.dataset.seen) first.dataset.seen = String(Date.now());
+    return {
+        h2: count('.jp-RenderedMarkdown h2'),
+        pre: count('.jp-RenderedMarkdown pre'),
+        highlighted: count('.jp-RenderedMarkdown pre span[class]'),
+        li: count('.jp-RenderedMarkdown li'),
+        strong: count('.jp-RenderedMarkdown strong'),
+        firstKept: !!area.querySelector('.jp-RenderedMarkdown h2[data-seen]'),
+        text: area.innerText,
+    };
+}"""
+
+
+def test_markdown_renders_while_it_streams_and_finished_blocks_stay(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.06  # about six seconds of streaming
+    notebook = open_notebook([f"%%flowgpt\n/echo\n{MARKDOWN}"])
+
+    notebook.run(1)
+    states: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while not DONE_PROMPT.search(notebook.prompt(1)):
+        assert time.monotonic() < deadline, "the answer did not finish within 60 s"
+        state = notebook.cell(1).evaluate(RENDERED)
+        if not states or state != states[-1]:
+            states.append(state)
+            if state["pre"] and state["li"] and "Writing it back" not in state["text"]:
+                notebook.screenshot("markdown-streaming.png", of_cell=1)
+        time.sleep(0.05)
+
+    # Before the answer was complete, it was already rendered: a heading, bold text, a
+    # highlighted code block, list items ...
+    streaming = [s for s in states if "That is all." not in s["text"]]
+    assert any(s["h2"] == 1 and s["strong"] == 1 for s in streaming)
+    assert any(s["pre"] == 1 and s["highlighted"] > 5 for s in streaming)
+    assert any(0 < s["li"] < 3 for s in streaming), "no list seen growing item by item"
+    # ... and the first heading, once rendered, stayed the same element until the end:
+    # later pieces were appended, not rendered again with everything before them.
+    after_heading = [s for s in streaming if s["h2"]]
+    assert after_heading and all(s["firstKept"] for s in after_heading)
+
+    final = notebook.cell(1).evaluate(RENDERED)
+    assert (final["h2"], final["pre"], final["li"], final["strong"]) == (2, 1, 3, 1)
+    assert final["highlighted"] > 5
+    assert FOOTER.search(final["text"])
+    notebook.screenshot("markdown-final.png", of_cell=1)

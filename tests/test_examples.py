@@ -66,7 +66,10 @@ def test_terminal_ipython_streams_pieces_as_they_arrive(flowgpt_server: LocalSer
         rest, errors = ipython.communicate(timeout=120)
     assert ipython.returncode == 0, errors
     answer = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 500))
-    assert (first_pieces + rest).decode() == answer + "\n"
+    shown, footer = (first_pieces + rest).decode().rsplit("\n", 2)[:2]
+    assert shown == answer
+    assert footer.startswith("(gpt-3.5-turbo · first piece in ")
+    assert footer.endswith(" · 500 pieces · 2,049 characters)")
     assert flowgpt_server.state.completed == 1
 
 

@@ -63,26 +63,25 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
     assert [body["temperature"] for body in bodies] == [0.7, 0.7, 0.1, 0.7, 0.7]
     assert bodies[4]["history"][1]["content"] == "After the reset"
 
-    # Each answer ends up in the cell as static text (what a saved notebook shows) ...
+    # Each answer ends up in the cell as static Markdown (what a saved notebook shows), with
+    # a footer under it ...
     answered = [nb.cells[i] for i in (1, 2, 4, 6, 11)]
     for cell, body in zip(answered, bodies, strict=True):
-        (output,) = cell.outputs
-        assert output.output_type == "display_data"
-        assert output.data["text/plain"] == offline_answer(body)
+        output, footer = cell.outputs
+        assert output.output_type == footer.output_type == "display_data"
+        answer = offline_answer(body)
+        assert output.data == {"text/markdown": answer, "text/plain": answer}
+        assert footer.data["text/plain"].startswith(f"({body['model']} · first piece in ")
+        assert footer.data["text/plain"].endswith(f" · {len(answer):,} characters)")
 
-    # ... having streamed through an Output widget, whose captured text is the same answer.
+    # ... having streamed through two Output widgets per answer, which are closed now.
     state = nb.metadata.widgets[WIDGET_STATE]["state"]
-    streamed = [
-        "".join(o["text"] for o in model["state"]["outputs"] if o["output_type"] == "stream")
-        for model in state.values()
-        if model["model_name"] == "OutputModel"
-    ]
-    answers = [offline_answer(body) for body in bodies]
-    assert streamed == [*answers[:4], "", answers[4]]  # "": the failed cell's, empty
+    outputs = [m for m in state.values() if m["model_name"] == "OutputModel"]
+    assert len(outputs) == 2 * 6  # (five answers and the failed cell)
 
-    # The failed cell: its waiting line gave way to empty text, then a one-line error.
-    empty, error = nb.cells[8].outputs
-    assert empty.data == {"text/plain": ""}
+    # The failed cell: its waiting line and widget gave way to nothing, then a one-line error.
+    empty, no_footer, error = nb.cells[8].outputs
+    assert (empty.data, no_footer.data) == ({"text/plain": ""}, {})
     # IPython prints a UsageError as one stderr line, with no traceback.
     assert (error.output_type, error.name) == ("stream", "stderr")
     assert error.text.startswith(f"UsageError: Could not connect to {failing_url.split('/')[2]}")
@@ -129,19 +128,32 @@ def finish(kc: BlockingKernelClient, msg_id: str, timeout: float = 60) -> Execut
     return execution
 
 
-def test_waiting_indicator_then_coalesced_stream_then_static_text(
+def contents(messages: list[dict[str, Any]], mime: str) -> list[str]:
+    """The texts of ``mime`` in display messages and in widgets' new ``outputs``."""
+    found = []
+    for message in messages:
+        content = message["content"]
+        if message["msg_type"] == "comm_msg":
+            outputs = content["data"].get("state", {}).get("outputs", [])
+            found += [o["data"][mime] for o in outputs if mime in o.get("data", {})]
+        elif mime in content.get("data", {}):
+            found.append(content["data"][mime])
+    return found
+
+
+def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
     kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.min_pieces = 10_000
-    run = finish(kc, kc.execute("%%flowgpt\nCount for me"))
+    run = finish(kc, kc.execute("%%flowgpt -f text\nCount for me"))
 
     assert run.reply["status"] == "ok"
     body = flowgpt_server.state.requests[-1].body
     pieces = answer_pieces(body, 10_000)
     types = [m["msg_type"] for m in run.messages]
 
-    # The waiting line is in the widget as it is shown, before the first piece of text.
+    # The waiting line is in the status widget as it is shown, before any text.
     waiting = [
         m
         for m in run.of_type("comm_open")
@@ -150,16 +162,53 @@ def test_waiting_indicator_then_coalesced_stream_then_static_text(
     assert waiting and types.index("comm_open") < types.index("stream")
     assert types.index("display_data") < types.index("stream")
 
-    # 10,000 pieces arrive as far fewer display updates, and none is lost.
+    # 10,000 pieces arrive as far fewer display updates, in order.
     streams = run.of_type("stream")
     assert len(pieces) == 10_000
-    assert len(streams) < 200
-    assert "".join(m["content"]["text"] for m in streams) == "".join(pieces)
+    assert 0 < len(streams) < 200
+    streamed = "".join(m["content"]["text"] for m in streams)
+    assert streamed and "".join(pieces).startswith(streamed)
 
-    # At the end the widget is replaced by static text and closed.
-    (update,) = run.of_type("update_display_data")
-    assert update["content"]["data"] == {"text/plain": "".join(pieces)}
-    assert len(run.of_type("comm_close")) == len(run.of_type("comm_open")) == 2
+    # At the end the widgets are replaced by static text and a footer, and closed.
+    answer, footer = run.of_type("update_display_data")
+    assert answer["content"]["data"] == {"text/plain": "".join(pieces)}
+    assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "text"
+    assert " · 10,000 pieces · " in footer["content"]["data"]["text/plain"]
+    # Two Output widgets, and the Layout they share (made once a kernel, kept).
+    assert (len(run.of_type("comm_open")), len(run.of_type("comm_close"))) == (3, 2)
+
+
+SECTION = (
+    "## Part {n}\n\nSome *text* for part {n}, with `code`.\n\n"
+    "```python\nprint({n})\n\nx = {n}\n```\n\n"
+)
+
+
+def test_markdown_streams_as_finished_blocks_and_one_growing_tail(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    flowgpt_server.state.options.delay = 0.001
+    markdown = "".join(SECTION.format(n=n) for n in range(60)).strip()  # (as IPython does)
+    run = finish(kc, kc.execute(f"%%flowgpt\n/echo\n{markdown}"))
+    assert run.reply["status"] == "ok"
+
+    # Finished blocks are appended to the answer widget, each sent once, in order; the
+    # unfinished block is the status widget's one output, replaced as it grows.
+    captured = [m for m in run.of_type("display_data") if "text/markdown" in m["content"]["data"]]
+    blocks = contents(captured, "text/markdown")
+    tails = contents(run.of_type("comm_msg"), "text/markdown")
+    sent = "".join(blocks)
+    assert len(blocks) > 5 and len(sent) > len(markdown) // 2 and markdown.startswith(sent)
+    assert all(block.startswith(("## Part", "Some *text*", "```python")) for block in blocks)
+    assert tails and all(tail in markdown and len(tail) < len(SECTION) + 5 for tail in tails)
+    assert len(blocks) + len(tails) < len(flowgpt_server.state.requests[-1].body["question"]) / 20
+
+    # At the end: the whole answer as static Markdown, with the exchange, and the footer.
+    answer, footer = run.of_type("update_display_data")
+    assert answer["content"]["data"] == {"text/markdown": markdown, "text/plain": markdown}
+    assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "markdown"
+    assert footer["content"]["data"]["text/plain"].startswith("(gpt-3.5-turbo · first piece")
 
 
 def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
@@ -168,7 +217,7 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
     flowgpt_server.state.options.min_pieces = 100_000
-    msg_id = kc.execute("%%flowgpt\nTell me everything")
+    msg_id = kc.execute("%%flowgpt -f text\nTell me everything")
 
     deadline = time.monotonic() + 30
     before: list[dict[str, Any]] = []
@@ -186,13 +235,14 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     (error,) = rest.of_type("error")
     assert len(error["content"]["traceback"]) == 1
     assert "Interrupted after" in error["content"]["traceback"][0]
-    (update,) = rest.of_type("update_display_data")
+    update, footer = rest.of_type("update_display_data")
     partial = update["content"]["data"]["text/plain"]
+    assert footer["content"]["data"]["text/plain"].endswith(f" · {len(partial):,} characters)")
     full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 100_000))
     assert 0 < len(partial) < len(full) and full.startswith(partial)
-    # What stays on screen is exactly what had streamed in.
+    # What stays on screen is what had streamed in, and what was on its way to the screen.
     streamed = [m for m in before + rest.messages if m["msg_type"] == "stream"]
-    assert "".join(m["content"]["text"] for m in streamed) == partial
+    assert partial.startswith("".join(m["content"]["text"] for m in streamed))
     assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=10)
     assert flowgpt_server.state.completed == 0
     assert stopped_after < 5, f"the answer went on for {stopped_after:.1f} s after the interrupt"
@@ -225,7 +275,7 @@ def test_the_waiting_line_says_when_a_request_is_retried(
         "answered 503 Service Unavailable" in n and "Trying again in 0.2 s (1 of 2)" in n
         for n in notes
     )
-    (update,) = run.of_type("update_display_data")
+    update, _footer = run.of_type("update_display_data")
     assert update["content"]["data"]["text/plain"].startswith("[Offline answer")
 
 

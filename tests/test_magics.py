@@ -167,9 +167,11 @@ def test_interrupt_keeps_the_partial_answer_and_records_nothing(
 
     assert isinstance(error, AnswerInterrupted)
     shown = screen.getvalue()
-    partial, mark = shown.split("\n", 1)
+    partial, footer, mark = shown.strip().split("\n")
     assert partial == "[Offline answer from "  # the three pieces that arrived
-    assert mark.strip() == (
+    assert footer.startswith("(gpt-3.5-turbo · first piece in ")
+    assert footer.endswith(" · 3 pieces · 21 characters)")
+    assert mark == (
         "■ Interrupted after 21 characters; the partial answer above was not added "
         "to the conversation."
     )
