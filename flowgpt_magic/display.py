@@ -1,23 +1,24 @@
 """Showing an answer while it streams: output widgets in Jupyter, stdout in a terminal.
 
-In Jupyter an answer takes two outputs. The first is an ``ipywidgets.Output`` that this
-cell's output flows into, so whatever is sent to it is appended by the frontend: in
+In Jupyter an answer is shown as one box of two ``ipywidgets.Output`` widgets. This cell's
+output flows into the first, so whatever is sent to it is appended by the frontend: in
 Markdown, each finished block (a paragraph, a list, a whole code block), rendered once and
-kept; in text, the text itself, as ordinary stream messages. The second, a status line below
-it, shows the waiting line, retry notices, and in Markdown the unfinished block, the only
-part rendered again as it grows. Updates are coalesced: pieces collect in a list and are sent
-joined, the first at once and later ones at most ``1 / FLUSH_INTERVAL`` times a second.
+kept; in text, the text itself, as ordinary stream messages. The second, a status line
+below it, shows the waiting line, retry notices, and in Markdown the unfinished block, the
+only part rendered again as it grows. Updates are coalesced: the magic only appends each
+piece to a list, which the view sends on, joined: the first piece at once, then what
+arrived since the last update every ``FLUSH_INTERVAL`` seconds, so there is no per-piece
+cost beyond the append.
 
-When the answer ends, the first output is replaced by a static one (Markdown, text or a code
-block) carrying the exchange as metadata, and the status line by a footer, so a saved
-notebook, an export or a frontend without widgets still shows the answer; the widgets are
-closed.
+When the answer ends, the box is replaced, in one update, by a static output (Markdown,
+text or a code block, with a footer under it) carrying the exchange as metadata, so a
+saved notebook, an export or a frontend without widgets still shows the answer; the
+widgets are closed.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 if TYPE_CHECKING:
@@ -40,7 +41,14 @@ FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
 
 
 class StreamView(Protocol):
-    def write(self, piece: str) -> None: ...
+    #: Every piece so far.
+    pieces: list[str]
+
+    def add(self, piece: str) -> None:
+        """Append a piece (and maybe show it at once, as a terminal does)."""
+
+    def started(self) -> None:
+        """The first piece has been added: show it now, and the rest as it comes."""
 
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
@@ -56,18 +64,21 @@ class TextView:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
-        self._last_piece = ""
+        self.pieces: list[str] = []
 
-    def write(self, piece: str) -> None:
+    def add(self, piece: str) -> None:
+        self.pieces.append(piece)
         self._stream.write(piece)
         self._stream.flush()
-        self._last_piece = piece
+
+    def started(self) -> None:
+        pass
 
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
     def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
-        if self._last_piece and not self._last_piece.endswith("\n"):
+        if self.pieces and not self.pieces[-1].endswith("\n"):
             self._stream.write("\n")
         if footer is not None:
             self._stream.write(f"({footer})\n")
@@ -76,7 +87,7 @@ class TextView:
 
 class WidgetView:
     """The answer (an Output widget capturing this cell's output) and a status line under
-    it; both replaced by static outputs when the answer ends."""
+    it, in one box; replaced by one static output when the answer ends."""
 
     def __init__(self, waiting: str, answer_format: Format) -> None:
         import ipywidgets
@@ -84,47 +95,42 @@ class WidgetView:
 
         self._waiting = waiting
         self._format = answer_format
-        # Both widgets share one Layout: each Layout is a widget of its own, with comm
+        # The widgets share one Layout: each Layout is a widget of its own, with comm
         # messages to open it, and these never change their layout.
         layout = _shared_layout()
         self._answer = ipywidgets.Output(layout=layout)
         self._status = ipywidgets.Output(outputs=(_note(waiting),), layout=layout)
-        self._answer_handle: Any = display(self._answer, display_id=True)
-        self._status_handle: Any = display(self._status, display_id=True)
+        # One box, so one display and one update at the end: ipykernel flushes stdout and
+        # stderr before each, a round trip to its IO thread every time. Shown as a raw
+        # bundle: the same output, without a pass through every one of IPython's formatters.
+        self._box = ipywidgets.VBox((self._answer, self._status), layout=layout)
+        self._handle: Any = display(self._box._repr_mimebundle_(), raw=True, display_id=True)
         # From here on this cell's output goes into the answer widget. This is what
         # Output.__enter__ does, less its flush of stdout and stderr: display() has just
         # flushed both, and every flush waits for the kernel's IO thread.
         self._answer.msg_id = _current_msg_id()
         self._capturing = True
         self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
-        self._pending: list[str] = []
-        self._started = False
-        self._last_flush = 0.0
+        self.pieces: list[str] = []
+        self.add = self.pieces.append
+        self._shown = 0  # how many pieces have been sent to the frontend
         self._timer: asyncio.TimerHandle | None = None
 
-    def write(self, piece: str) -> None:
-        self._pending.append(piece)
-        if self._timer is not None:
-            return  # a flush is due soon; it takes this piece along
-        if not self._started:
-            self._started = True
-            if self._blocks is None:
-                self._status.outputs = ()  # the waiting line goes; the text comes above
-            self._flush()  # (in Markdown, the first piece replaces the waiting line)
-            return
-        wait = self._last_flush + FLUSH_INTERVAL - time.monotonic()
-        if wait <= 0:
-            self._flush()
-            return
+    def started(self) -> None:
+        if self._blocks is None:
+            self._status.outputs = ()  # the waiting line goes; the text comes above
+        self._tick()  # (in Markdown, the first piece replaces the waiting line)
+
+    def _tick(self) -> None:
+        """Send what arrived since the last update; come back in FLUSH_INTERVAL seconds."""
         import asyncio
 
-        try:
-            self._timer = asyncio.get_running_loop().call_later(wait, self._flush)
-        except RuntimeError:  # written to from outside a loop: no timer to wait for
+        if len(self.pieces) > self._shown:
             self._flush()
+        self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
 
     def retrying(self, notice: RetryNotice) -> None:
-        if not self._started:
+        if not self.pieces:
             self._status.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
 
     def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
@@ -137,20 +143,17 @@ class WidgetView:
         # (an interrupt, a failed request) must land in the cell, not in a closed widget.
         # What is still pending need not be sent: the static output replaces it all.
         self._answer.msg_id = ""
-        self._answer_handle.update(
-            static_bundle(text, self._format), raw=True, metadata={METADATA_KEY: exchange}
+        self._handle.update(
+            static_bundle(text, self._format, footer),
+            raw=True,
+            metadata={METADATA_KEY: exchange},
         )
-        self._status_handle.update(_footer_bundle(footer) if footer else {}, raw=True)
-        self._answer.close()
-        self._status.close()
+        for widget in (self._box, self._answer, self._status):
+            widget.close()
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._last_flush = time.monotonic()
-        text = "".join(self._pending)
-        self._pending.clear()
+        text = "".join(self.pieces[self._shown :])
+        self._shown = len(self.pieces)
         if self._blocks is None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -161,7 +164,7 @@ class WidgetView:
 
             block = "".join(finished)
             publish_display_data({"text/markdown": block, "text/plain": block})
-        if text or finished:
+        if text:
             shown = self._blocks.shown_tail
             self._status.outputs = (_markdown(shown),) if shown else ()
 
@@ -185,6 +188,11 @@ class MarkdownBlocks:
         self._opening = ""  # the line that opened it
         self._reopen = ""  # that line again, when a cut split the code block
         self._blank = False  # the last line looked at was blank, outside a code block
+
+    @property
+    def open_fence(self) -> str:
+        """The fence of a code block open at the end of what was fed, or ""."""
+        return self._fence
 
     @property
     def shown_tail(self) -> str:
@@ -269,16 +277,32 @@ def code_of(text: str) -> tuple[str, str]:
     return "\n".join(code).strip("\n"), language or "python"
 
 
-def static_bundle(text: str, answer_format: Format) -> dict[str, str]:
+def static_bundle(text: str, answer_format: Format, footer: str | None = None) -> dict[str, str]:
     """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
-    that frontends highlight it), always with plain text beside it."""
-    if answer_format == "text" or not text:
-        return {"text/plain": text}
+    that frontends highlight it), always with plain text beside it; the footer under it."""
+    if not text:
+        return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
+    plain_footer = f"\n\n({footer})" if footer else ""
+    if answer_format == "text":
+        return {"text/plain": text + plain_footer}
     if answer_format == "markdown":
-        return {"text/markdown": text, "text/plain": text}
-    code, language = code_of(text)
-    ticks = "`" * max(3, _longest_run(code, "`") + 1)
-    return {"text/markdown": f"{ticks}{language}\n{code}\n{ticks}", "text/plain": code}
+        markdown, plain = text + _closing_fence(text), text
+    else:
+        plain, language = code_of(text)
+        ticks = "`" * max(3, _longest_run(plain, "`") + 1)
+        markdown = f"{ticks}{language}\n{plain}\n{ticks}"
+    if footer:
+        import html
+
+        markdown += f"\n\n<small><i>{html.escape(footer)}</i></small>"
+    return {"text/markdown": markdown, "text/plain": plain + plain_footer}
+
+
+def _closing_fence(text: str) -> str:
+    """What closes a code block left open at the end of ``text`` (an answer cut short)."""
+    blocks = MarkdownBlocks()
+    blocks.feed(text + "\n")
+    return f"\n{blocks.open_fence}" if blocks.open_fence else ""
 
 
 def _longest_run(text: str, char: str) -> int:
@@ -309,12 +333,12 @@ def retry_line(notice: RetryNotice) -> str:
     )
 
 
-def _grey(text: str, size: str = "inherit") -> str:
+def _grey(text: str) -> str:
     import html
 
     return (
-        f'<span style="color: var(--jp-ui-font-color2, #757575); font-size: {size}; '
-        f'font-style: italic">{html.escape(text)}</span>'
+        '<span style="color: var(--jp-ui-font-color2, #757575); font-style: italic">'
+        f"{html.escape(text)}</span>"
     )
 
 
@@ -333,10 +357,6 @@ def _markdown(text: str) -> dict[str, Any]:
         "data": {"text/markdown": text, "text/plain": text},
         "metadata": {},
     }
-
-
-def _footer_bundle(footer: str) -> dict[str, str]:
-    return {"text/html": _grey(footer, "smaller"), "text/plain": f"({footer})"}
 
 
 _LAYOUT: Any = None

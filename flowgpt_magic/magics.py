@@ -336,18 +336,22 @@ class FlowGptMagics(Magics):
     def _stream(
         self, answer: AsyncResult, view: StreamView, request: ChatRequest, answer_format: Format
     ) -> str:
-        pieces: list[str] = []
+        pieces = view.pieces
         started = time.monotonic()
         first_piece: float | None = None
 
         async def receive() -> None:
             nonlocal first_piece
+            add = view.add
             async with aclosing(answer):
                 async for piece in answer:
-                    if first_piece is None:
-                        first_piece = time.monotonic() - started
-                    pieces.append(piece)
-                    view.write(piece)
+                    first_piece = time.monotonic() - started
+                    add(piece)
+                    view.started()
+                    break
+                # The hot loop: the view shows the pieces on its own clock.
+                async for piece in answer:
+                    add(piece)
 
         outcome = "failed"
         try:

@@ -508,7 +508,7 @@ def offline_answer(body: Mapping[str, Any]) -> str:
         question, system, temperature = body["question"], body["system"], body["temperature"]
         context = len(body["history"]) - 1
     if question.startswith(ECHO + "\n"):
-        return question[len(ECHO) + 1 :]
+        return str(question[len(ECHO) + 1 :])
     return (
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
         f"temperature {temperature:g}.] You asked: «{_excerpt(question)}». "

@@ -295,7 +295,7 @@ def test_the_stop_button_stops_the_answer_and_the_notebook_carries_on(
     notebook.screenshot("interrupted.png")
 
     shown, mark = notebook.output(1).rsplit("\n", 1)
-    partial, footer = shown.rsplit("\n", 1)
+    partial, footer = shown.strip().rsplit("\n", 1)
     partial = partial.strip()
     assert FOOTER.fullmatch(footer), footer
     full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 5_000))
@@ -334,9 +334,11 @@ def test_a_saved_notebook_shows_its_answers_when_reopened(
     wait_until(lambda: all(saved_outputs()), 30, "the notebook to be saved with its outputs")
     for outputs, answer in zip(saved_outputs(), expected, strict=True):
         # Static Markdown, not a widget view: readable without widget state, in any viewer.
-        saved, footer = [output.data for output in outputs]
-        assert saved == {"text/markdown": answer, "text/plain": answer}
-        assert FOOTER.fullmatch(footer["text/plain"].strip("()"))
+        (saved,) = outputs
+        assert saved.metadata["flowgpt_magic"]["answer"] == answer
+        markdown, footer = saved.data["text/markdown"].rsplit("\n\n", 1)
+        assert markdown == answer and FOOTER.fullmatch(footer.removeprefix("<small><i>")[:-12])
+        assert saved.data["text/plain"] == f"{answer}\n\n({footer[10:-12]})"
 
     notebook.page.reload()
     notebook.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)

@@ -115,6 +115,18 @@ def test_what_an_answer_is_saved_as() -> None:
     assert code == {"text/markdown": "````python\nx = '```'\n````", "text/plain": "x = '```'"}
 
 
+def test_the_footer_goes_under_the_answer_in_every_format() -> None:
+    cut_short = "Look:\n```python\nx = 1"  # an interrupted answer: its code block stays open
+    bundle = static_bundle(cut_short, "markdown", "m · <1 s")
+    assert bundle == {
+        "text/markdown": f"{cut_short}\n```\n\n<small><i>m · &lt;1 s</i></small>",
+        "text/plain": f"{cut_short}\n\n(m · <1 s)",
+    }
+    assert static_bundle("hi", "text", "m") == {"text/plain": "hi\n\n(m)"}
+    assert static_bundle("x = 1", "code", "m")["text/plain"] == "x = 1\n\n(m)"
+    assert static_bundle("", "markdown", "m") == {"text/plain": ""}
+
+
 def test_the_footer_names_the_model_and_the_timings() -> None:
     exchange = {
         "model": "gpt-4o-mini",

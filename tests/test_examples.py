@@ -85,7 +85,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(flowgpt_server: LocalServer)
 
     bodies = [request.body for request in flowgpt_server.state.requests]
     answers = {
-        cell.source.splitlines()[-1]: cell.outputs[0].data["text/plain"]
+        cell.source.splitlines()[-1]: cell.outputs[0].metadata["flowgpt_magic"]["answer"]
         for cell in nb.cells
         if cell.cell_type == "code" and cell.source.startswith("%%flowgpt")
     }

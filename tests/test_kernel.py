@@ -63,25 +63,28 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
     assert [body["temperature"] for body in bodies] == [0.7, 0.7, 0.1, 0.7, 0.7]
     assert bodies[4]["history"][1]["content"] == "After the reset"
 
-    # Each answer ends up in the cell as static Markdown (what a saved notebook shows), with
-    # a footer under it ...
+    # Each answer ends up in the cell as one static output, Markdown (what a saved notebook
+    # shows) with a footer under it and the exchange beside it ...
     answered = [nb.cells[i] for i in (1, 2, 4, 6, 11)]
     for cell, body in zip(answered, bodies, strict=True):
-        output, footer = cell.outputs
-        assert output.output_type == footer.output_type == "display_data"
+        (output,) = cell.outputs
+        assert output.output_type == "display_data"
         answer = offline_answer(body)
-        assert output.data == {"text/markdown": answer, "text/plain": answer}
-        assert footer.data["text/plain"].startswith(f"({body['model']} · first piece in ")
-        assert footer.data["text/plain"].endswith(f" · {len(answer):,} characters)")
+        assert output.metadata["flowgpt_magic"]["answer"] == answer
+        footer = output.data["text/plain"].removeprefix(f"{answer}\n\n")
+        assert footer.startswith(f"({body['model']} · first piece in ")
+        assert footer.endswith(f" · {len(answer):,} characters)")
+        html_footer = f"<small><i>{footer[1:-1]}</i></small>"
+        assert output.data["text/markdown"] == f"{answer}\n\n{html_footer}"
 
-    # ... having streamed through two Output widgets per answer, which are closed now.
+    # ... having streamed through a box of two Output widgets per answer, closed now.
     state = nb.metadata.widgets[WIDGET_STATE]["state"]
-    outputs = [m for m in state.values() if m["model_name"] == "OutputModel"]
-    assert len(outputs) == 2 * 6  # (five answers and the failed cell)
+    models = [m["model_name"] for m in state.values()]
+    assert (models.count("VBoxModel"), models.count("OutputModel")) == (6, 2 * 6)
 
-    # The failed cell: its waiting line and widget gave way to nothing, then a one-line error.
-    empty, no_footer, error = nb.cells[8].outputs
-    assert (empty.data, no_footer.data) == ({"text/plain": ""}, {})
+    # The failed cell: its waiting line and widgets gave way to nothing, then a one-line error.
+    empty, error = nb.cells[8].outputs
+    assert empty.data == {"text/plain": ""}
     # IPython prints a UsageError as one stderr line, with no traceback.
     assert (error.output_type, error.name) == ("stream", "stderr")
     assert error.text.startswith(f"UsageError: Could not connect to {failing_url.split('/')[2]}")
@@ -169,13 +172,16 @@ def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
     streamed = "".join(m["content"]["text"] for m in streams)
     assert streamed and "".join(pieces).startswith(streamed)
 
-    # At the end the widgets are replaced by static text and a footer, and closed.
-    answer, footer = run.of_type("update_display_data")
-    assert answer["content"]["data"] == {"text/plain": "".join(pieces)}
+    # At the end the widgets are replaced, in one update, by static text and a footer.
+    (answer,) = run.of_type("update_display_data")
+    plain = answer["content"]["data"]["text/plain"]
+    assert answer["content"]["data"] == {"text/plain": plain}
+    assert plain.startswith("".join(pieces) + "\n\n(gpt-3.5-turbo · first piece in ")
+    assert " · 10,000 pieces · " in plain
     assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "text"
-    assert " · 10,000 pieces · " in footer["content"]["data"]["text/plain"]
-    # Two Output widgets, and the Layout they share (made once a kernel, kept).
-    assert (len(run.of_type("comm_open")), len(run.of_type("comm_close"))) == (3, 2)
+    # A box, two Output widgets in it and the Layout they share (made once a kernel, kept);
+    # all but the Layout are closed.
+    assert (len(run.of_type("comm_open")), len(run.of_type("comm_close"))) == (4, 3)
 
 
 SECTION = (
@@ -205,10 +211,11 @@ def test_markdown_streams_as_finished_blocks_and_one_growing_tail(
     assert len(blocks) + len(tails) < len(flowgpt_server.state.requests[-1].body["question"]) / 20
 
     # At the end: the whole answer as static Markdown, with the exchange, and the footer.
-    answer, footer = run.of_type("update_display_data")
-    assert answer["content"]["data"] == {"text/markdown": markdown, "text/plain": markdown}
+    (answer,) = run.of_type("update_display_data")
+    data = answer["content"]["data"]
+    assert data["text/markdown"].startswith(f"{markdown}\n\n<small><i>gpt-3.5-turbo · first ")
+    assert data["text/plain"].startswith(f"{markdown}\n\n(gpt-3.5-turbo · first piece")
     assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "markdown"
-    assert footer["content"]["data"]["text/plain"].startswith("(gpt-3.5-turbo · first piece")
 
 
 def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
@@ -235,9 +242,13 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     (error,) = rest.of_type("error")
     assert len(error["content"]["traceback"]) == 1
     assert "Interrupted after" in error["content"]["traceback"][0]
-    update, footer = rest.of_type("update_display_data")
-    partial = update["content"]["data"]["text/plain"]
-    assert footer["content"]["data"]["text/plain"].endswith(f" · {len(partial):,} characters)")
+    (update,) = rest.of_type("update_display_data")
+    record = update["content"]["metadata"]["flowgpt_magic"]
+    partial = record["answer"]
+    assert record["outcome"] == "interrupted"
+    plain = update["content"]["data"]["text/plain"]
+    assert plain.startswith(f"{partial}\n\n(")
+    assert plain.endswith(f" · {len(partial):,} characters)")
     full = "".join(answer_pieces(flowgpt_server.state.requests[0].body, 100_000))
     assert 0 < len(partial) < len(full) and full.startswith(partial)
     # What stays on screen is what had streamed in, and what was on its way to the screen.
@@ -275,7 +286,7 @@ def test_the_waiting_line_says_when_a_request_is_retried(
         "answered 503 Service Unavailable" in n and "Trying again in 0.2 s (1 of 2)" in n
         for n in notes
     )
-    update, _footer = run.of_type("update_display_data")
+    (update,) = run.of_type("update_display_data")
     assert update["content"]["data"]["text/plain"].startswith("[Offline answer")
 
 
@@ -334,7 +345,7 @@ def test_saved_answers_carry_their_exchange_and_outlive_the_kernel(
         0.3,
         "complete",
     )
-    assert record["answer"] == nb.cells[2].outputs[0].data["text/plain"]
+    assert nb.cells[2].outputs[0].data["text/plain"].startswith(record["answer"] + "\n\n(")
     assert record["pieces"] > 10 and 0 <= record["first_piece_seconds"] <= record["total_seconds"]
 
     # Exported, the notebook shows every answer (no widget state needed).

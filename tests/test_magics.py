@@ -117,6 +117,7 @@ def test_a_failed_request_adds_nothing_and_a_failed_reset_resets_nothing(
         ("--no-history --reset", "Hi", "contradict"),
         ("--bogus", "Hi", "unrecognized arguments: --bogus"),
         ('-s "unclosed', "Hi", "No closing quotation"),
+        ("-f html", "Hi", "argument -f/--format: invalid choice: 'html'"),
     ],
 )
 def test_bad_input_is_one_line_and_sends_nothing(
@@ -135,9 +136,31 @@ def test_bad_input_is_one_line_and_sends_nothing(
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_code_format_keeps_the_code_and_the_history_keeps_the_answer(
+    shell: InteractiveShell, magics: FlowGptMagics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = "Like this:\n\n```python\nx = {'a': 1}\n```\n\nand then\n```\nprint(x)\n```"
+    assert ask(shell, f"/echo\n{answer}", "-f code -o snippet") is None
+    assert shell.user_ns["snippet"] == shell.user_ns["_flowgpt"] == "x = {'a': 1}\n\nprint(x)"
+    assert list(magics.conversation)[-1].content == answer
+    assert answer in capsys.readouterr().out  # a terminal shows the answer as it streams
+
+
+def test_the_footer_can_be_turned_off(
+    shell: InteractiveShell, flowgpt_server: LocalServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ask(shell, "With a footer") is None
+    shell.run_line_magic("config", "FlowGptMagics.footer = False")
+    assert ask(shell, "Without") is None
+    first, second = (offline_answer(r.body) for r in flowgpt_server.state.requests)
+    out = capsys.readouterr().out
+    assert f"{first}\n(gpt-3.5-turbo · first piece in " in out
+    assert out.endswith(f"{second}\n")
+
+
 def test_help_lists_the_options(shell: InteractiveShell) -> None:
     doc = shell.find_cell_magic("flowgpt").__doc__ or ""
-    for option in ("-m MODEL", "-t T", "-s TEXT", "--no-history", "--reset"):
+    for option in ("-m MODEL", "-t T", "-s TEXT", "--no-history", "--reset", "-f"):
         assert option in doc
 
 
