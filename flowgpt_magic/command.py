@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .exceptions import InvalidRequestError
 from .provider import check_temperature
 from .providers import resolve_model
 
 
-@dataclass(frozen=True)
-class Defaults:
+class Defaults(NamedTuple):
     """The notebook's settings a cell falls back on."""
 
     model: str

@@ -11,7 +11,6 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from .exceptions import (
@@ -322,8 +321,10 @@ def decode_json_line(line: bytes) -> Any:
         ) from None
 
 
-@dataclass(frozen=True)
-class RetryNotice:
+# Small immutable records here and in the magics' modules are NamedTuples, not frozen
+# dataclasses: a dataclass writes its methods with exec() as the module loads, about 1 ms
+# a class that every %load_ext would pay.
+class RetryNotice(NamedTuple):
     """Told to ``on_retry`` before a failed request is tried again."""
 
     attempt: int  # the retry about to be made, from 1
@@ -405,8 +406,7 @@ def start_stream(
     )
 
 
-@dataclass(frozen=True)
-class PreparedRequest:
+class PreparedRequest(NamedTuple):
     url: str
     headers: Mapping[str, str]
     body: Mapping[str, Any]
@@ -667,6 +667,8 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # (rarely needed, and slow to import: not at load)
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -7,8 +7,7 @@ Adding a provider is one new module (a class with the provider interface, see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from traitlets.config import Configurable
 
@@ -53,8 +52,7 @@ class ProviderSettings(Protocol):
         """Keyword arguments for the provider's ``create_async_generator``."""
 
 
-@dataclass(frozen=True)
-class ProviderEntry:
+class ProviderEntry(NamedTuple):
     name: str
     provider: type[ChatProvider]
     description: str
@@ -78,8 +76,7 @@ PROVIDERS = {
 DEFAULT_PROVIDER = "flowgpt"
 
 
-@dataclass(frozen=True)
-class ModelRef:
+class ModelRef(NamedTuple):
     entry: ProviderEntry
     model: str
 
