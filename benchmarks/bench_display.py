@@ -5,6 +5,11 @@ Two servers (``stream_server.py``, each in its own process): one as fast as it c
 measure what the display costs per piece (cell time, magic against provider alone); one at
 10,000 pieces a second after a 0.2 s pause, as a fast local model streams, to count the
 display updates that reach the frontend and how soon the first piece does.
+
+"Provider alone" is the public interface, one piece a step (``async for piece in ...``).
+The magic takes the pieces a list a read (``.batches()``), which skips a step of an async
+generator per piece; so it is also measured against the provider read that way, which
+leaves what the display itself costs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ _pieces = [p async for p in _FlowGpt.create_async_generator(
     "gpt-3.5-turbo", [{{"role": "user", "content": "x"}}], api_url={url!r})]
 _seconds = _time.perf_counter() - _t
 assert len(_pieces) == {pieces}
+print(_seconds)
+"""
+# The same, a list of pieces a read, as the magic takes them: what the display itself
+# costs is the magic against this.
+BATCHES_CELL = """\
+_t = _time.perf_counter()
+_batches = [b async for b in _FlowGpt.create_async_generator(
+    "gpt-3.5-turbo", [{{"role": "user", "content": "x"}}], api_url={url!r}).batches()]
+_seconds = _time.perf_counter() - _t
+assert sum(map(len, _batches)) == {pieces}
 print(_seconds)
 """
 MAGIC_CELL = """\
@@ -65,6 +80,34 @@ def execute(kc: BlockingKernelClient, code: str) -> list[tuple[float, dict[str, 
             return received
 
 
+#: The iopub messages that change what a cell shows. Widget messages count when they carry
+#: outputs (the status line, the unfinished Markdown block); comm_open and comm_close only
+#: create and close widgets.
+DISPLAY = ("stream", "display_data", "update_display_data", "clear_output")
+
+
+def shows_something(message: dict[str, Any]) -> bool:
+    if message["msg_type"] in DISPLAY:
+        return True
+    return message["msg_type"] == "comm_msg" and "outputs" in message["content"]["data"].get(
+        "state", {}
+    )
+
+
+def carries_text(message: dict[str, Any]) -> bool:
+    """Whether a message brings answer text: text into the answer widget, a finished
+    Markdown block, or the status widget's unfinished block."""
+    kind, content = message["msg_type"], message["content"]
+    if kind == "stream":
+        return True
+    if kind == "display_data":
+        return "text/markdown" in content["data"]
+    if kind == "comm_msg":
+        outputs = content["data"].get("state", {}).get("outputs", [])
+        return any("text/markdown" in output["data"] for output in outputs)
+    return False
+
+
 def seconds_of(kc: BlockingKernelClient) -> float:
     (line,) = [
         m["content"]["text"] for _, m in execute(kc, "print(_seconds)") if m["msg_type"] == "stream"
@@ -72,17 +115,19 @@ def seconds_of(kc: BlockingKernelClient) -> float:
     return float(line)
 
 
-def run(runs: int = 5) -> dict[str, Any]:
+def run(runs: int = 9) -> dict[str, Any]:
     fast, fast_url = start_server()
     paced, paced_url = start_server(str(RATE))
     km, kc = start_new_kernel(kernel_name="python3")
     try:
         execute(kc, "%load_ext flowgpt_magic")
-        provider_s, magic_s, rates, latencies, updates = [], [], [], [], []
+        provider_s, batches_s, magic_s, rates, latencies, updates = [], [], [], [], [], []
         paced_provider_s, paced_magic_s = [], []
         for _ in range(runs):
             execute(kc, PROVIDER_CELL.format(url=fast_url, pieces=PIECES))
             provider_s.append(seconds_of(kc))
+            execute(kc, BATCHES_CELL.format(url=fast_url, pieces=PIECES))
+            batches_s.append(seconds_of(kc))
             execute(kc, f"%config FlowGptMagics.api_url = {fast_url!r}")
             execute(kc, MAGIC_CELL)
             magic_s.append(seconds_of(kc))
@@ -95,14 +140,14 @@ def run(runs: int = 5) -> dict[str, Any]:
             messages = execute(kc, MAGIC_CELL)
             paced_magic_s.append(seconds_of(kc))
             first_piece_sent = float(paced.stdout.readline().split()[1])
-            texts = [t for t, m in messages if m["msg_type"] == "stream"]
+            texts = [t for t, m in messages if carries_text(m)]
             streaming = texts[-1] - texts[0]
-            # Text updates, the waiting line's removal, and the final static text.
-            count = len(texts) + sum(
-                1 for _, m in messages if m["msg_type"] in ("comm_msg", "update_display_data")
-            )
-            updates.append(count)
-            rates.append((len(texts) - 1) / streaming)
+            # Every message that changed the cell, from the waiting line on, over the time
+            # the text streamed in (which makes the rate a little high, never low); the
+            # final static answer is the one the goal allows beyond the rate.
+            shown = sum(1 for _, m in messages if shows_something(m))
+            updates.append(shown)
+            rates.append((shown - 1) / streaming)
             latencies.append(texts[0] - first_piece_sent)
     finally:
         kc.stop_channels()
@@ -115,25 +160,27 @@ def run(runs: int = 5) -> dict[str, Any]:
         "pieces": PIECES,
         "runs": runs,
         "provider_alone_seconds": provider_s,
+        "provider_batches_seconds": batches_s,
         "magic_seconds": magic_s,
         "paced_rate": RATE,
         "paced_display_messages": updates,
-        "paced_text_updates_per_second": rates,
+        "paced_display_messages_per_second": rates,
         "first_piece_latency_seconds": latencies,
         "paced_provider_alone_seconds": paced_provider_s,
         "paced_magic_seconds": paced_magic_s,
         "ratios": {
             "magic_vs_provider": magic / provider,
+            "magic_vs_provider_batches": magic / min(batches_s),
             "paced_magic_vs_provider": min(paced_magic_s) / min(paced_provider_s),
         },
         "summary": {
             "magic_vs_provider": magic / provider,
-            "text_updates_per_second": max(rates),
+            "display_messages_per_second": max(rates),
             "first_piece_latency_ms": 1000 * statistics.median(latencies),
         },
         "goals": {
             "magic_vs_provider": ("<=", 1.25),
-            "text_updates_per_second": ("<=", 30.0),
+            "display_messages_per_second": ("<=", 30.0),
             "first_piece_latency_ms": ("<=", 50.0),
         },
     }
@@ -144,6 +191,9 @@ def report(result: dict[str, Any]) -> str:
         f"2. Display overhead, {result['pieces']:,} pieces through %%flowgpt in a real kernel "
         f"(best/median of {result['runs']})",
         f"   provider alone {min(result['provider_alone_seconds']) * 1000:8.1f} ms",
+        f"   provider, by batches {min(result['provider_batches_seconds']) * 1000:.1f} ms "
+        f"(what the magic reads; against it, %%flowgpt is "
+        f"{result['ratios']['magic_vs_provider_batches']:.2f}x: the display's own cost)",
         f"   %%flowgpt      {min(result['magic_seconds']) * 1000:8.1f} ms",
         f"   at {RATE:,.0f} pieces/s: provider alone "
         f"{min(result['paced_provider_alone_seconds']) * 1000:.0f} ms, %%flowgpt "

@@ -5,10 +5,9 @@ output flows into the first, so whatever is sent to it is appended by the fronte
 Markdown, each finished block (a paragraph, a list, a whole code block), rendered once and
 kept; in text, the text itself, as ordinary stream messages. The second, a status line
 below it, shows the waiting line, retry notices, and in Markdown the unfinished block, the
-only part rendered again as it grows. Updates are coalesced: the magic only appends each
-piece to a list, which the view sends on, joined: the first piece at once, then what
-arrived since the last update every ``FLUSH_INTERVAL`` seconds, so there is no per-piece
-cost beyond the append.
+only part rendered again as it grows. Updates are coalesced: the magic only adds the
+pieces each read of the response brought to a list, which the view sends on, joined: the
+first at once, then what arrived since the last update every ``FLUSH_INTERVAL`` seconds.
 
 When the answer ends, the box is replaced, in one update, by a static output (Markdown,
 text or a code block, with a footer under it) carrying the exchange as metadata, so a
@@ -44,8 +43,8 @@ class StreamView(Protocol):
     #: Every piece so far.
     pieces: list[str]
 
-    def add(self, piece: str) -> None:
-        """Append a piece (and maybe show it at once, as a terminal does)."""
+    def extend(self, pieces: list[str]) -> None:
+        """Append pieces (and maybe show them at once, as a terminal does)."""
 
     def started(self) -> None:
         """The first piece has been added: show it now, and the rest as it comes."""
@@ -66,9 +65,9 @@ class TextView:
         self._stream = stream or sys.stdout
         self.pieces: list[str] = []
 
-    def add(self, piece: str) -> None:
-        self.pieces.append(piece)
-        self._stream.write(piece)
+    def extend(self, pieces: list[str]) -> None:
+        self.pieces += pieces
+        self._stream.write("".join(pieces))
         self._stream.flush()
 
     def started(self) -> None:
@@ -112,7 +111,7 @@ class WidgetView:
         self._capturing = True
         self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
         self.pieces: list[str] = []
-        self.add = self.pieces.append
+        self.extend = self.pieces.extend
         self._shown = 0  # how many pieces have been sent to the frontend
         self._timer: asyncio.TimerHandle | None = None
 

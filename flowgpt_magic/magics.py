@@ -342,16 +342,17 @@ class FlowGptMagics(Magics):
 
         async def receive() -> None:
             nonlocal first_piece
-            add = view.add
+            extend = view.extend
             async with aclosing(answer):
-                async for piece in answer:
+                batches = answer.batches()  # a list of pieces a read: no step per piece
+                async for batch in batches:
                     first_piece = time.monotonic() - started
-                    add(piece)
+                    extend(batch)
                     view.started()
                     break
                 # The hot loop: the view shows the pieces on its own clock.
-                async for piece in answer:
-                    add(piece)
+                async for batch in batches:
+                    extend(batch)
 
         outcome = "failed"
         try:

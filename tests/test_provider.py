@@ -133,6 +133,27 @@ async def test_pieces_are_streamed_exactly(flowgpt_server: LocalServer) -> None:
     assert len(pieces) > 20
 
 
+async def test_batches_hold_the_same_pieces_as_they_arrived(flowgpt_server: LocalServer) -> None:
+    flowgpt_server.state.options.min_pieces = 5_000  # sent at once: blocks of many pieces
+    batches = [b async for b in FlowGpt.create_async_generator("gpt-3.5-turbo", USER).batches()]
+    expected = answer_pieces(flowgpt_server.state.requests[0].body, 5_000)
+    assert [piece for batch in batches for piece in batch] == expected
+    assert all(batches) and 1 < len(batches) < len(expected)  # (as many as reads took)
+
+
+async def test_closing_after_the_first_batch_closes_the_connection(
+    flowgpt_server: LocalServer,
+) -> None:
+    flowgpt_server.state.options.delay = 0.01
+    flowgpt_server.state.options.min_pieces = 10_000
+    async with aclosing(FlowGpt.create_async_generator("gpt-3.5-turbo", USER)) as answer:
+        async for batch in answer.batches():
+            assert batch
+            break
+    assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=10)
+    assert flowgpt_server.state.completed == 0
+
+
 async def test_seed_await_form_works(flowgpt_server: LocalServer) -> None:
     generator = await FlowGpt.create_async_generator(model="gpt-3.5-turbo", messages=USER)
     assert "You asked: «Hello»" in "".join([piece async for piece in generator])
