@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .display import METADATA_KEY, answer_in
 from .exceptions import HistoryFileError
 
 FILE_FORMAT = "flowgpt-magic.conversation"
@@ -224,17 +225,19 @@ class Conversation:
         conversation = cls()
         for cell in cells:
             for output in cell.get("outputs", []) if isinstance(cell, dict) else []:
-                record = (output.get("metadata") or {}).get("flowgpt_magic")
+                if not isinstance(output, dict) or not isinstance(output.get("metadata"), dict):
+                    continue
+                record = output["metadata"].get(METADATA_KEY)
                 if (
                     isinstance(record, dict)
                     and record.get("outcome") == "complete"
                     and record.get("recorded")
                     and isinstance(record.get("prompt"), str)
-                    and isinstance(record.get("answer"), str)
+                    and (answer := answer_in(output)) is not None
                 ):
                     conversation.add_exchange(
                         record["prompt"],
-                        record["answer"],
+                        answer,
                         record.get("model"),
                         record.get("cell_id") or cell.get("id"),
                         record.get("time"),

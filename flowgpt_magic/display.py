@@ -297,6 +297,24 @@ def static_bundle(text: str, answer_format: Format, footer: str | None = None) -
     return {"text/markdown": markdown, "text/plain": plain + plain_footer}
 
 
+def answer_in(output: dict[str, Any]) -> str | None:
+    """The whole answer an output of ``static_bundle`` stands for (None: it has no record
+    or does not hold the answer): the record's own copy, or else the first ``characters``
+    characters of its plain text."""
+    record = output.get("metadata", {}).get(METADATA_KEY)
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("answer"), str):
+        return str(record["answer"])
+    plain = output.get("data", {}).get("text/plain")
+    if isinstance(plain, list):
+        plain = "".join(plain)  # (a notebook file may keep text as a list of lines)
+    characters = record.get("characters")
+    if isinstance(plain, str) and isinstance(characters, int) and len(plain) >= characters:
+        return plain[:characters]
+    return None
+
+
 def _closing_fence(text: str) -> str:
     """What closes a code block left open at the end of ``text`` (an answer cut short)."""
     blocks = MarkdownBlocks()

@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from flowgpt_magic.display import answer_in
 from flowgpt_magic.server import LocalServer, answer_pieces
 
 CHROMIUM = Path(os.environ.get("FLOWGPT_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -335,7 +336,7 @@ def test_a_saved_notebook_shows_its_answers_when_reopened(
     for outputs, answer in zip(saved_outputs(), expected, strict=True):
         # Static Markdown, not a widget view: readable without widget state, in any viewer.
         (saved,) = outputs
-        assert saved.metadata["flowgpt_magic"]["answer"] == answer
+        assert answer_in(saved) == answer
         markdown, footer = saved.data["text/markdown"].rsplit("\n\n", 1)
         assert markdown == answer and FOOTER.fullmatch(footer.removeprefix("<small><i>")[:-12])
         assert saved.data["text/plain"] == f"{answer}\n\n({footer[10:-12]})"

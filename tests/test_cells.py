@@ -80,18 +80,20 @@ def test_only_complete_recorded_answers_come_back_from_a_notebook(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     def answer(prompt: str, outcome: str, recorded: bool = True) -> dict[str, object]:
+        text = f"re: {prompt}\nin two lines"
         record = {
             "prompt": prompt,
-            "answer": f"re: {prompt}",
             "model": "m",
             "outcome": outcome,
             "recorded": recorded,
             "cell_id": None,
             "time": 1.0,
+            "characters": len(text),
         }
         return {
             "output_type": "display_data",
-            "data": {"text/plain": f"re: {prompt}"},
+            # The answer, then its footer; as a file may keep them, a list of lines.
+            "data": {"text/plain": [f"re: {prompt}\n", "in two lines\n", "\n", "(m · 1 piece)"]},
             "metadata": {"flowgpt_magic": record},
         }
 
@@ -117,5 +119,6 @@ def test_only_complete_recorded_answers_come_back_from_a_notebook(
     finally:
         del shell.user_ns["__session__"]
     assert prompts(magics) == ["kept"]
+    assert list(magics.conversation)[1].content == "re: kept\nin two lines"
     assert [m.cell_id for m in magics.conversation] == ["a", "a"]
     assert "Rebuilt 1 exchange from" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
+from flowgpt_magic.display import answer_in
 from flowgpt_magic.server import LocalServer, answer_pieces, offline_answer
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -70,7 +71,8 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
         (output,) = cell.outputs
         assert output.output_type == "display_data"
         answer = offline_answer(body)
-        assert output.metadata["flowgpt_magic"]["answer"] == answer
+        assert "answer" not in output.metadata["flowgpt_magic"]  # (not saved twice)
+        assert answer_in(output) == answer
         footer = output.data["text/plain"].removeprefix(f"{answer}\n\n")
         assert footer.startswith(f"({body['model']} · first piece in ")
         assert footer.endswith(f" · {len(answer):,} characters)")
@@ -244,7 +246,8 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     assert "Interrupted after" in error["content"]["traceback"][0]
     (update,) = rest.of_type("update_display_data")
     record = update["content"]["metadata"]["flowgpt_magic"]
-    partial = record["answer"]
+    partial = answer_in(update["content"])
+    assert partial is not None
     assert record["outcome"] == "interrupted"
     plain = update["content"]["data"]["text/plain"]
     assert plain.startswith(f"{partial}\n\n(")
@@ -345,7 +348,12 @@ def test_saved_answers_carry_their_exchange_and_outlive_the_kernel(
         0.3,
         "complete",
     )
-    assert nb.cells[2].outputs[0].data["text/plain"].startswith(record["answer"] + "\n\n(")
+    assert (
+        nb.cells[2]
+        .outputs[0]
+        .data["text/plain"]
+        .startswith(f"{answer_in(nb.cells[2].outputs[0])}\n\n(")
+    )
     assert record["pieces"] > 10 and 0 <= record["first_piece_seconds"] <= record["total_seconds"]
 
     # Exported, the notebook shows every answer (no widget state needed).
