@@ -11,6 +11,7 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -114,26 +115,35 @@ class AsyncResult:
     ``aclose()`` (or ``contextlib.aclosing``) closes the connection at once.
 
     ``batches()`` gives the same pieces a list at a time: those one read of the response
-    brought. A step of an async generator costs about a microsecond, which for a fast
-    model is most of the cost of reading its answer; a consumer that keeps pieces rather
-    than acts on each (the magics) takes them by the list. Use one way or the other.
+    brought. Every step of an async generator costs something, which for a fast model is
+    a good part of the cost of reading its answer; a consumer that keeps pieces rather than
+    acts on each (the magics) takes them by the list. Use one way or the other.
     """
 
-    def __init__(self, batches: AsyncGenerator[list[str], None]) -> None:
-        self._batches = batches
-        self._pieces: AsyncGenerator[str, None] | None = None
+    def __init__(self, stream: Callable[[bool], AsyncGenerator[Any, None]]) -> None:
+        # The stream is made when it is first read, one piece or one list a step: a
+        # generator that flattened the lists of another would cost a tenth more per piece.
+        self._stream = stream
+        self._generator: AsyncGenerator[Any, None] | None = None
+        self._batched = False
+
+    def _read(self, batched: bool) -> AsyncGenerator[Any, None]:
+        if self._generator is None:
+            self._generator, self._batched = self._stream(batched), batched
+        elif batched != self._batched:
+            raise RuntimeError("An answer is read piece by piece or by batches(), not both.")
+        return self._generator
 
     def __aiter__(self) -> AsyncIterator[str]:
-        if self._pieces is None:
-            self._pieces = _one_by_one(self._batches)
-        return self._pieces
+        return self._read(batched=False)
 
     async def __anext__(self) -> str:
-        return await self.__aiter__().__anext__()
+        piece: str = await self._read(batched=False).__anext__()
+        return piece
 
     def batches(self) -> AsyncIterator[list[str]]:
         """The pieces as lists, each what one read brought (never an empty list)."""
-        return self._batches
+        return self._read(batched=True)
 
     def __await__(self) -> Generator[Any, None, AsyncResult]:
         return self._itself().__await__()
@@ -142,18 +152,8 @@ class AsyncResult:
         return self
 
     async def aclose(self) -> None:
-        if self._pieces is not None:
-            await self._pieces.aclose()
-        await self._batches.aclose()
-
-
-async def _one_by_one(batches: AsyncGenerator[list[str], None]) -> AsyncGenerator[str, None]:
-    try:
-        async for batch in batches:
-            for piece in batch:
-                yield piece
-    finally:
-        await batches.aclose()  # at once, whoever stops early: not when it is collected
+        if self._generator is not None:
+            await self._generator.aclose()
 
 
 class BlockParser(Protocol):
@@ -418,14 +418,9 @@ def start_stream(
 ) -> AsyncResult:
     """Check the connection settings now, and return the answer stream; nothing is sent
     until it is iterated. ``endpoint_hint`` says how to change the endpoint (for errors)."""
-    return AsyncResult(
-        _stream_batches(
-            PreparedRequest(url, headers, body, check_proxy(proxy), endpoint_hint, status_advice),
-            parser,
-            delivery.checked(),
-            session,
-        )
-    )
+    request = PreparedRequest(url, headers, body, check_proxy(proxy), endpoint_hint, status_advice)
+    delivery = delivery.checked()
+    return AsyncResult(functools.partial(_stream, request, parser, delivery, session))
 
 
 class PreparedRequest(NamedTuple):
@@ -449,14 +444,15 @@ async def _within(awaitable: Awaitable[T], limit: float | None) -> T:
     return await asyncio.wait_for(awaitable, limit)
 
 
-async def _stream_batches(
+async def _stream(
     request: PreparedRequest,
     parser: BlockParser,
     delivery: Delivery,
     session: aiohttp.ClientSession | None,
-) -> AsyncGenerator[list[str], None]:
-    """POST the request and yield the answer's text pieces, a list for each block of lines
-    in which ``parser`` found some.
+    batched: bool,
+) -> AsyncGenerator[Any, None]:
+    """POST the request and yield the answer's text pieces as ``parser`` finds them: one by
+    one, or (``batched``) a list for each block of lines in which it found some.
 
     One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
     response and the session right here, not whenever an inner one is collected.
@@ -481,7 +477,8 @@ async def _stream_batches(
                         pieces = parser.parse(block)
                         if pieces:
                             silence, started = delivery.timeout, True
-                            yield pieces
+                            for item in [pieces] if batched else pieces:
+                                yield item
                         if parser.error is not None:
                             raise parser.error
                         if parser.done:
@@ -499,7 +496,8 @@ async def _stream_batches(
                 ) from None
             rest = lines.close()
             if last := [*(parser.parse(rest) if rest else []), *parser.finish()]:
-                yield last
+                for item in [last] if batched else last:
+                    yield item
             if parser.error is not None:
                 raise parser.error
     finally:

@@ -15,7 +15,7 @@ from flowgpt_magic.provider import BlockParser, LineBuffer
 
 
 def decode(chunks: list[bytes], parser: BlockParser) -> list[str]:
-    """What the provider does with the reads of a body (see provider._stream_batches)."""
+    """What the provider does with the reads of a body (see provider._stream)."""
     buffer, pieces = LineBuffer(), []
     for chunk in chunks:
         block = buffer.feed(chunk)

@@ -141,6 +141,14 @@ async def test_batches_hold_the_same_pieces_as_they_arrived(flowgpt_server: Loca
     assert all(batches) and 1 < len(batches) < len(expected)  # (as many as reads took)
 
 
+async def test_an_answer_is_read_one_way_or_the_other(flowgpt_server: LocalServer) -> None:
+    answer = FlowGpt.create_async_generator("gpt-3.5-turbo", USER)
+    async with aclosing(answer):
+        assert await answer.__anext__() == answer_pieces(flowgpt_server.state.requests[0].body)[0]
+        with pytest.raises(RuntimeError, match="piece by piece or by batches"):
+            answer.batches()
+
+
 async def test_closing_after_the_first_batch_closes_the_connection(
     flowgpt_server: LocalServer,
 ) -> None:
