@@ -97,7 +97,7 @@ async def measure(url: str, runs: int) -> dict[str, list[float]]:
     return seconds
 
 
-def run(runs: int = 5) -> dict[str, Any]:
+def run(runs: int = 9) -> dict[str, Any]:
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "stream_server.py"), str(PIECES)],
         stdout=subprocess.PIPE,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from .provider import RetryNotice
 
+#: The MIME type of a widget's view (ipywidgets' protocol version 2).
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: The key under which an answer's output carries its exchange (see --from-notebook).
 METADATA_KEY = "flowgpt_magic"
 #: Seconds between two display updates while an answer streams. A Markdown update may take
@@ -101,9 +103,13 @@ class WidgetView:
         self._status = ipywidgets.Output(outputs=(_note(waiting),), layout=layout)
         # One box, so one display and one update at the end: ipykernel flushes stdout and
         # stderr before each, a round trip to its IO thread every time. Shown as a raw
-        # bundle: the same output, without a pass through every one of IPython's formatters.
+        # bundle, without a pass through IPython's formatters; its plain text (what a
+        # frontend without widgets shows) is the waiting line, not the box's repr.
         self._box = ipywidgets.VBox((self._answer, self._status), layout=layout)
-        self._handle: Any = display(self._box._repr_mimebundle_(), raw=True, display_id=True)
+        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
+        self._handle: Any = display(
+            {WIDGET_VIEW: view, "text/plain": waiting}, raw=True, display_id=True
+        )
         # From here on this cell's output goes into the answer widget. This is what
         # Output.__enter__ does, less its flush of stdout and stderr: display() has just
         # flushed both, and every flush waits for the kernel's IO thread.
@@ -118,14 +124,23 @@ class WidgetView:
     def started(self) -> None:
         if self._blocks is None:
             self._status.outputs = ()  # the waiting line goes; the text comes above
-        self._tick()  # (in Markdown, the first piece replaces the waiting line)
+            self._flush()
+        else:
+            # The first pieces replace the waiting line, as the unfinished block. Cutting
+            # off finished blocks (a display message each, and two flushes of the streams)
+            # waits for the regular updates: a fast answer may be over before the first.
+            self._status.outputs = (_markdown("".join(self.pieces)),)
+        self._schedule()
 
     def _tick(self) -> None:
         """Send what arrived since the last update; come back in FLUSH_INTERVAL seconds."""
-        import asyncio
-
         if len(self.pieces) > self._shown:
             self._flush()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        import asyncio
+
         self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
 
     def retrying(self, notice: RetryNotice) -> None:

@@ -20,6 +20,7 @@ from flowgpt_magic.display import answer_in
 from flowgpt_magic.server import LocalServer, answer_pieces, offline_answer
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def closed_port_url() -> str:
@@ -166,6 +167,10 @@ def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
     ]
     assert waiting and types.index("comm_open") < types.index("stream")
     assert types.index("display_data") < types.index("stream")
+    # A frontend without widgets shows the waiting line too, not the box's repr.
+    shown = run.of_type("display_data")[0]["content"]["data"]
+    assert shown["text/plain"].startswith("Waiting for gpt-3.5-turbo")
+    assert WIDGET_VIEW in shown
 
     # 10,000 pieces arrive as far fewer display updates, in order.
     streams = run.of_type("stream")
