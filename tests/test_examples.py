@@ -86,14 +86,17 @@ def test_the_quickstart_notebook_runs_top_to_bottom(flowgpt_server: LocalServer)
 
     bodies = [request.body for request in flowgpt_server.state.requests]
     answers = {
-        cell.source.splitlines()[-1]: answer_in(cell.outputs[0])
+        cell.source.split("\n", 1)[1]: answer_in(cell.outputs[0])
         for cell in nb.cells
         if cell.cell_type == "code" and cell.source.startswith("%%flowgpt")
     }
-    assert len(answers) == len(bodies) == 6
+    assert len(answers) == len(bodies) == 8
     for body in bodies:
         assert answers[body["question"]] == "".join(answer_pieces(body))
-    assert [len(body["history"]) - 1 for body in bodies] == [0, 2, 4, 6, 8, 0]
+    assert [len(body["history"]) - 1 for body in bodies] == [0, 2, 4, 6, 8, 0, 0, 0]
+    # The code format kept only the code, and the next cell ran it.
+    ran = [c for c in nb.cells if c.source == "exec(snippet)"][0]
+    assert ran.outputs[0].text == "hello from the answer\n"
     by_question = {body["question"]: body for body in bodies}
     assert by_question["Now say it differently."]["model"] == "claude-v2"
     assert by_question["What is a kernel?"]["system"] == "Answer in one short sentence."
