@@ -316,12 +316,14 @@ def answer_in(output: dict[str, Any]) -> str | None:
     """The whole answer an output of ``static_bundle`` stands for (None: it has no record
     or does not hold the answer): the record's own copy, or else the first ``characters``
     characters of its plain text."""
-    record = output.get("metadata", {}).get(METADATA_KEY)
+    metadata = output.get("metadata")
+    record = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
     if not isinstance(record, dict):
         return None
     if isinstance(record.get("answer"), str):
         return str(record["answer"])
-    plain = output.get("data", {}).get("text/plain")
+    data = output.get("data")
+    plain = data.get("text/plain") if isinstance(data, dict) else None
     if isinstance(plain, list):
         plain = "".join(plain)  # (a notebook file may keep text as a list of lines)
     characters = record.get("characters")

@@ -431,6 +431,10 @@ class PreparedRequest(NamedTuple):
     endpoint_hint: str
     status_advice: Mapping[int, str]
 
+    def __repr__(self) -> str:
+        # Not the headers (an API key), the body (the conversation) nor the proxy (a password).
+        return f"PreparedRequest(url={redact_url(self.url)!r})"
+
 
 async def _within(awaitable: Awaitable[T], limit: float | None) -> T:
     """``await awaitable``, raising TimeoutError after ``limit`` seconds (None: no limit)."""

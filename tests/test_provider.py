@@ -141,6 +141,22 @@ async def test_batches_hold_the_same_pieces_as_they_arrived(flowgpt_server: Loca
     assert all(batches) and 1 < len(batches) < len(expected)  # (as many as reads took)
 
 
+def test_a_prepared_request_shows_no_secret() -> None:
+    from flowgpt_magic.provider import PreparedRequest
+
+    request = PreparedRequest(
+        "http://user:pw@127.0.0.1:1/v1",
+        {"Authorization": "Bearer sk-secret"},
+        {"messages": "private"},
+        "http://proxyuser:proxypw@127.0.0.1:2",
+        "",
+        {},
+    )
+    shown = repr(request)
+    assert "127.0.0.1:1" in shown
+    assert not any(s in shown for s in ("sk-secret", "private", "proxypw", ":pw@"))
+
+
 async def test_an_answer_is_read_one_way_or_the_other(flowgpt_server: LocalServer) -> None:
     answer = FlowGpt.create_async_generator("gpt-3.5-turbo", USER)
     async with aclosing(answer):
