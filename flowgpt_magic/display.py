@@ -313,23 +313,11 @@ def static_bundle(text: str, answer_format: Format, footer: str | None = None) -
 
 
 def answer_in(output: dict[str, Any]) -> str | None:
-    """The whole answer an output of ``static_bundle`` stands for (None: it has no record
-    or does not hold the answer): the record's own copy, or else the first ``characters``
-    characters of its plain text."""
+    """The answer an output of a finished answer carries in its record, or None."""
     metadata = output.get("metadata")
     record = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    if not isinstance(record, dict):
-        return None
-    if isinstance(record.get("answer"), str):
-        return str(record["answer"])
-    data = output.get("data")
-    plain = data.get("text/plain") if isinstance(data, dict) else None
-    if isinstance(plain, list):
-        plain = "".join(plain)  # (a notebook file may keep text as a list of lines)
-    characters = record.get("characters")
-    if isinstance(plain, str) and isinstance(characters, int) and len(plain) >= characters:
-        return plain[:characters]
-    return None
+    answer = record.get("answer") if isinstance(record, dict) else None
+    return answer if isinstance(answer, str) else None
 
 
 def _closing_fence(text: str) -> str:

@@ -366,12 +366,12 @@ class FlowGptMagics(Magics):
         finally:
             text = "".join(pieces)
             # The exchange travels with the output, so that a saved notebook carries it
-            # (%flowgpt_history --from-notebook rebuilds the conversation from these). The
-            # answer is not in it twice: the output's plain text starts with it (see
-            # display.answer_in), unless that shows only the code.
+            # (%flowgpt_history --from-notebook rebuilds the conversation from these), whole:
+            # a tool that reads the metadata need not take the answer out of the output.
             exchange = {
                 "version": 1,
                 "prompt": request.prompt,
+                "answer": text,
                 "model": request.model,
                 "temperature": request.temperature,
                 "system": request.system,
@@ -385,8 +385,6 @@ class FlowGptMagics(Magics):
                 "characters": len(text),
                 "format": answer_format,
             }
-            if answer_format == "code":
-                exchange["answer"] = text
             footer = footer_line(exchange) if self.footer and text else None
             view.finish(text, exchange, footer)
         return text

@@ -80,19 +80,17 @@ def test_only_complete_recorded_answers_come_back_from_a_notebook(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     def answer(prompt: str, outcome: str, recorded: bool = True) -> dict[str, object]:
-        text = f"re: {prompt}\nin two lines"
         record = {
             "prompt": prompt,
+            "answer": f"re: {prompt}\nin two lines",
             "model": "m",
             "outcome": outcome,
             "recorded": recorded,
             "cell_id": None,
             "time": 1.0,
-            "characters": len(text),
         }
         return {
             "output_type": "display_data",
-            # The answer, then its footer; as a file may keep them, a list of lines.
             "data": {"text/plain": [f"re: {prompt}\n", "in two lines\n", "\n", "(m · 1 piece)"]},
             "metadata": {"flowgpt_magic": record},
         }

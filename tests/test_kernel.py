@@ -72,8 +72,7 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
         (output,) = cell.outputs
         assert output.output_type == "display_data"
         answer = offline_answer(body)
-        assert "answer" not in output.metadata["flowgpt_magic"]  # (not saved twice)
-        assert answer_in(output) == answer
+        assert output.metadata["flowgpt_magic"]["answer"] == answer_in(output) == answer
         footer = output.data["text/plain"].removeprefix(f"{answer}\n\n")
         assert footer.startswith(f"({body['model']} · first piece in ")
         assert footer.endswith(f" · {len(answer):,} characters)")
