@@ -225,15 +225,14 @@ class Conversation:
         conversation = cls()
         for cell in cells:
             for output in cell.get("outputs", []) if isinstance(cell, dict) else []:
-                if not isinstance(output, dict) or not isinstance(output.get("metadata"), dict):
-                    continue
-                record = output["metadata"].get(METADATA_KEY)
+                answer = answer_in(output) if isinstance(output, dict) else None
+                if answer is None:
+                    continue  # not an answer's output, or a malformed one
+                record = output["metadata"][METADATA_KEY]  # (answer_in found it a dict)
                 if (
-                    isinstance(record, dict)
-                    and record.get("outcome") == "complete"
+                    record.get("outcome") == "complete"
                     and record.get("recorded")
                     and isinstance(record.get("prompt"), str)
-                    and (answer := answer_in(output)) is not None
                 ):
                     conversation.add_exchange(
                         record["prompt"],
