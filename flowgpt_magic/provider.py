@@ -304,18 +304,19 @@ def decode_json_lines(block: bytes) -> list[Any]:
     value a line (so no value spans lines). Otherwise, and on any error, line by line,
     which also names the bad line.
     """
-    lines = block.split(b"\n")
-    every_line_an_object = block[:1] == b"{" and block.count(b"\n") == block.count(b"\n{")
+    breaks = block.count(b"\n")
+    every_line_an_object = block[:1] == b"{" and block.count(b"\n{") == breaks
     if every_line_an_object and not _OBJECT_THEN_COMMA.search(block):
         try:
-            values = json.loads((b"[" + b",\n".join(lines) + b"]").decode("utf-8"))
+            # replace, not split and join: no bytes object a line.
+            values = json.loads((b"[" + block.replace(b"\n", b",\n") + b"]").decode("utf-8"))
         except ValueError:
             pass
         else:
-            if len(values) == len(lines):
+            if len(values) == breaks + 1:
                 return values  # type: ignore[no-any-return]
     values = []
-    for line in lines:
+    for line in block.split(b"\n"):
         if line.strip():
             try:
                 values.append(decode_json_line(line))
