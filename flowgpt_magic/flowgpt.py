@@ -9,6 +9,7 @@ This module knows nothing of IPython. aiohttp is imported on first use.
 
 from __future__ import annotations
 
+import json
 import string
 import time
 from collections.abc import Callable
@@ -196,6 +197,9 @@ class NdjsonTextParser:
     error: FlowGptError | None = None
 
     def parse(self, block: bytes) -> list[str]:
+        texts = text_event_data(block)
+        if texts is not None:
+            return list(filter(None, texts))  # (empty pieces are skipped, as below)
         try:
             events = decode_json_lines(block)
         except PartialBlockError as partial:
@@ -217,3 +221,42 @@ class NdjsonTextParser:
 
     def finish(self) -> list[str]:
         return []
+
+
+#: How a text event begins, as servers write it: Python's ``json.dumps`` and compact JSON
+#: (JavaScript's ``JSON.stringify``).
+_TEXT_EVENT_OPENINGS = (b'{"event": "text", "data": ', b'{"event":"text","data":')
+
+
+def text_event_data(block: bytes) -> list[str] | None:
+    """The data of every line of ``block`` when every line is a text event written the same
+    way, exactly as decoding the lines would give it; otherwise None.
+
+    The middle of a long answer is nothing but such lines, and decoding their strings alone,
+    in one ``json.loads`` and without a dict a line, takes half the time of decoding the
+    lines. Each line's opening and final "}" are cut off with bytes methods, and what is
+    left of the lines is decoded as one array, joined with ",\\n". Why that is exact, when
+    the array holds as many values as the block has lines and every value is a string: a
+    string cannot span a raw line break, and each line ends with a '"' (before its "}"),
+    which can only close a string on that line; with no lists or objects in the array, that
+    string is one of its values. So each line holds one value, a string, and only blanks
+    besides: the line is a text event with that string as its data.
+    """
+    for opening in _TEXT_EVENT_OPENINGS:
+        if block.startswith(opening):
+            break
+    else:
+        return None
+    breaks = block.count(b"\n")
+    boundary = b'"}\n' + opening  # the end of one line and the start of the next
+    if not block.endswith(b'"}') or block.count(boundary) != breaks:
+        return None
+    array = b"[" + block[len(opening) : -1].replace(boundary, b'",\n') + b"]"
+    try:
+        texts = json.loads(array.decode("utf-8"))
+    except ValueError:
+        return None
+    # set(map(type, ...)) checks every value's type without a Python step a value.
+    if len(texts) != breaks + 1 or not set(map(type, texts)) <= {str}:
+        return None
+    return texts  # type: ignore[no-any-return]

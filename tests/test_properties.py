@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flowgpt_magic import FlowGptError
@@ -115,3 +115,79 @@ def test_json_like_bytes_decode_as_line_by_line_would(tokens: list[bytes]) -> No
         assert batched == by_line
     else:
         assert batched is None
+
+
+def by_line_texts(block: bytes) -> list[str] | None:
+    """The text events' data, decoding ``block`` line by line; None if a line is not JSON
+    or a text event's data is not a string."""
+    found = []
+    for line in block.split(b"\n"):
+        if line.strip():
+            try:
+                event = json.loads(line.decode("utf-8"))
+            except ValueError:
+                return None
+            if isinstance(event, dict) and event.get("event") == "text":
+                if not isinstance(event.get("data"), str):
+                    return None
+                found.append(event["data"])
+    return found
+
+
+OPENING, COMPACT = b'{"event": "text", "data": ', b'{"event":"text","data":'
+
+
+# Blocks of text event lines, most as a server writes them, some not: other events, or
+# between the opening and the end of the line, whatever might make lines hold one value
+# between them (two strings on one line, a list across two lines).
+strings = st.sampled_from([b'"x"', b' "\\u00e9"', b'"a\\"}b"', b'""', '"\u00e9"'.encode()])
+tokens = [b'"x"', b'"', b"[", b"]", b",", b" ", b"\\", b'\\"', b"1", b"{", b"}", b":", b"\n"]
+tokens += [b'"x", "y"', b'["x"', b'"y"]']
+odd_lines = st.tuples(
+    st.lists(st.sampled_from(tokens), max_size=4).map(b"".join),
+    st.sampled_from([b"}", b'"}', b"} ", b""]),
+)
+START = b'{"event": "start", "data": {"model": "m"}}'
+TWO_ON_A_LINE = [b'"x"', (b'"x", "y"', b"}")]
+A_LIST_ACROSS_LINES = [(b'["x"', b"}"), (b'"y"], "z"', b"}")]
+
+
+@given(
+    st.sampled_from([OPENING, COMPACT]),
+    st.lists(st.one_of(strings, strings, odd_lines, st.just(START)), min_size=1, max_size=8),
+)
+@example(OPENING, TWO_ON_A_LINE)
+@example(COMPACT, A_LIST_ACROSS_LINES)
+@settings(max_examples=2000, deadline=None)
+def test_the_text_event_fast_path_gives_what_line_by_line_gives(
+    opening: bytes, lines: list[bytes | tuple[bytes, bytes]]
+) -> None:
+    from flowgpt_magic.flowgpt import text_event_data
+
+    block = b"\n".join(
+        START
+        if line == START
+        else opening + b"".join(line)
+        if isinstance(line, tuple)
+        else opening + line + b"}"
+        for line in lines
+    )
+    expected = by_line_texts(block)
+    fast = text_event_data(block)
+    if fast is not None:
+        assert fast == expected
+    try:
+        parsed: list[str] | None = decode([block], NdjsonTextParser())
+    except FlowGptError:
+        parsed = None
+    assert parsed == (None if expected is None else [text for text in expected if text])
+
+
+@given(st.lists(st.text(), min_size=1, max_size=30), st.sampled_from([OPENING, COMPACT]))
+@settings(max_examples=300, deadline=None)
+def test_a_run_of_text_events_takes_the_fast_path(texts: list[str], opening: bytes) -> None:
+    from flowgpt_magic.flowgpt import text_event_data
+
+    separators = (", ", ": ") if opening == OPENING else (",", ":")
+    lines = [json.dumps({"event": "text", "data": t}, separators=separators) for t in texts]
+    assert text_event_data("\n".join(lines).encode()) == texts
