@@ -200,6 +200,20 @@ class NdjsonTextParser:
         texts = text_event_data(block)
         if texts is not None:
             return list(filter(None, texts))  # (empty pieces are skipped, as below)
+        # A block's first or last line may be another event (the stream's start or end),
+        # and the lines between it a run of text events still.
+        first, last = block.find(b"\n"), block.rfind(b"\n")
+        texts = text_event_data(block[first + 1 : last]) if first < last else None
+        if texts is None:
+            return self._events(block)
+        pieces = self._events(block[:first])
+        if self.error is not None:
+            return pieces
+        pieces += filter(None, texts)
+        return pieces + self._events(block[last + 1 :])
+
+    def _events(self, block: bytes) -> list[str]:
+        """The text in ``block``, decoded as any JSON lines."""
         try:
             events = decode_json_lines(block)
         except PartialBlockError as partial:

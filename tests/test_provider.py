@@ -502,6 +502,30 @@ def test_batched_decoding_refuses_what_line_by_line_refuses(block: bytes) -> Non
         decode_json_lines(block)
 
 
+RUN = b"\n".join(b'{"event": "text", "data": "%d"}' % i for i in range(3))
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "before", "fails"),
+    [
+        (b'{"event": "start"}', b'{"event": "done"}', ["0", "1", "2"], False),
+        (b"{not json", b'{"event": "done"}', [], True),
+        (b'{"event": "text", "data": 5}', b'{"event": "done"}', [], True),
+        (b'{"event": "start"}', b"{not json", ["0", "1", "2"], True),
+    ],
+)
+def test_a_run_of_text_events_between_other_lines_stops_at_a_bad_one(
+    first: bytes, last: bytes, before: list[str], fails: bool
+) -> None:
+    # The pieces before a bad line are delivered, then its error raised; none after it.
+    from flowgpt_magic.flowgpt import NdjsonTextParser
+
+    parser = NdjsonTextParser()
+    run = b"\n".join(b'{"event": "text", "data": "%d"}' % i for i in range(3))
+    assert parser.parse(b"\n".join([first, run, last])) == before
+    assert (parser.error is not None) == fails
+
+
 def test_the_spanning_value_would_fool_a_naive_batch() -> None:
     # Why decode_json_lines checks before it batches: this block, joined into one array,
     # parses with exactly one value a line, and yields text no line really carries.
