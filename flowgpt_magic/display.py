@@ -1,13 +1,17 @@
 """Showing an answer while it streams: output widgets in Jupyter, stdout in a terminal.
 
-In Jupyter an answer is shown as one box of two ``ipywidgets.Output`` widgets. This cell's
-output flows into the first, so whatever is sent to it is appended by the frontend: in
-Markdown, each finished block (a paragraph, a list, a whole code block), rendered once and
-kept; in text, the text itself, as ordinary stream messages. The second, a status line
+In Jupyter a live answer is shown as one box of two ``ipywidgets.Output`` widgets. This
+cell's output flows into the first, so whatever is sent to it is appended by the frontend:
+in Markdown, each finished block (a paragraph, a list, a whole code block), rendered once
+and kept; in text, the text itself, as ordinary stream messages. The second, a status line
 below it, shows the waiting line, retry notices, and in Markdown the unfinished block, the
 only part rendered again as it grows. Updates are coalesced: the magic only adds the
 pieces each read of the response brought to a list, which the view sends on, joined: the
 first at once, then what arrived since the last update every ``FLUSH_INTERVAL`` seconds.
+
+The box appears ``SHOW_AFTER`` seconds after the request goes out, with what has arrived
+by then (or the waiting line). An answer that is complete by then needs no live view: it
+is shown once, finished, without widgets.
 
 When the answer ends, the box is replaced, in one update, by a static output (Markdown,
 text or a code block, with a footer under it) carrying the exchange as metadata, so a
@@ -29,6 +33,12 @@ if TYPE_CHECKING:
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: The key under which an answer's output carries its exchange (see --from-notebook).
 METADATA_KEY = "flowgpt_magic"
+#: Seconds from the request to the live view. An answer complete by then (a short one from
+#: a fast or local model) is shown once, finished, without the widgets, their messages and
+#: the updates a live view costs; one still coming shows what has come. So a first piece
+#: waits at most this long, well under what a person notices (and under the benchmarks'
+#: goal: in the frontend at most 50 ms after it arrived).
+SHOW_AFTER = 0.025
 #: Seconds between two display updates while an answer streams. A Markdown update may take
 #: two messages (finished blocks, and the unfinished one), so 15 a second keep the frontend
 #: under 30 messages a second.
@@ -44,6 +54,9 @@ FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
 class StreamView(Protocol):
     #: Every piece so far.
     pieces: list[str]
+
+    def begin(self) -> None:
+        """The request is going out (called in the loop that runs it)."""
 
     def extend(self, pieces: list[str]) -> None:
         """Append pieces (and maybe show them at once, as a terminal does)."""
@@ -67,6 +80,9 @@ class TextView:
         self._stream = stream or sys.stdout
         self.pieces: list[str] = []
 
+    def begin(self) -> None:
+        pass
+
     def extend(self, pieces: list[str]) -> None:
         self.pieces += pieces
         self._stream.write("".join(pieces))
@@ -88,48 +104,67 @@ class TextView:
 
 class WidgetView:
     """The answer (an Output widget capturing this cell's output) and a status line under
-    it, in one box; replaced by one static output when the answer ends."""
+    it, in one box, shown ``SHOW_AFTER`` seconds after the request goes out; replaced by
+    one static output when the answer ends."""
 
     def __init__(self, waiting: str, answer_format: Format) -> None:
-        import ipywidgets
-        from IPython.display import display
+        import ipywidgets  # here, so that a broken install fails before the request
 
-        self._waiting = waiting
+        self._widgets = ipywidgets
+        self._waiting = self._status_line = waiting
         self._format = answer_format
-        # The widgets share one Layout: each Layout is a widget of its own, with comm
-        # messages to open it, and these never change their layout.
-        layout = _shared_layout()
-        self._answer = ipywidgets.Output(layout=layout)
-        self._status = ipywidgets.Output(outputs=(_note(waiting),), layout=layout)
-        # One box, so one display and one update at the end: ipykernel flushes stdout and
-        # stderr before each, a round trip to its IO thread every time. Shown as a raw
-        # bundle, without a pass through IPython's formatters; its plain text (what a
-        # frontend without widgets shows) is the waiting line, not the box's repr.
-        self._box = ipywidgets.VBox((self._answer, self._status), layout=layout)
-        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
-        self._handle: Any = display(
-            {WIDGET_VIEW: view, "text/plain": waiting}, raw=True, display_id=True
-        )
-        # From here on this cell's output goes into the answer widget. This is what
-        # Output.__enter__ does, less its flush of stdout and stderr: display() has just
-        # flushed both, and every flush waits for the kernel's IO thread.
-        self._answer.msg_id = _current_msg_id()
-        self._capturing = True
         self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
         self.pieces: list[str] = []
         self.extend = self.pieces.extend
         self._shown = 0  # how many pieces have been sent to the frontend
         self._timer: asyncio.TimerHandle | None = None
+        self._live = False  # the box is on screen
+        self._finished = False
+
+    def begin(self) -> None:
+        import asyncio
+
+        self._timer = asyncio.get_running_loop().call_later(SHOW_AFTER, self._show)
+
+    def _show(self) -> None:
+        """Put the box on screen, with the pieces so far, or else the status line."""
+        from IPython.display import display
+
+        ipywidgets = self._widgets
+        # The widgets share one Layout: each Layout is a widget of its own, with comm
+        # messages to open it, and these never change their layout.
+        layout = _shared_layout()
+        self._answer = ipywidgets.Output(layout=layout)
+        status = () if self.pieces else (_note(self._status_line),)
+        self._status = ipywidgets.Output(outputs=status, layout=layout)
+        # One box, so one display and one update at the end: ipykernel flushes stdout and
+        # stderr before each, a round trip to its IO thread every time. Shown as a raw
+        # bundle, without a pass through IPython's formatters; its plain text (what a
+        # frontend without widgets shows) is the status line, not the box's repr.
+        self._box = ipywidgets.VBox((self._answer, self._status), layout=layout)
+        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
+        self._handle: Any = display(
+            {WIDGET_VIEW: view, "text/plain": self._status_line}, raw=True, display_id=True
+        )
+        # From here on this cell's output goes into the answer widget. This is what
+        # Output.__enter__ does, less its flush of stdout and stderr: display() has just
+        # flushed both, and every flush waits for the kernel's IO thread.
+        self._answer.msg_id = _current_msg_id()
+        self._live = True
+        self._timer = None
+        if self.pieces:
+            self._begin_updates()
 
     def started(self) -> None:
+        if self._live:
+            self._begin_updates()
+        # else _show, when due, shows the pieces that have come by then
+
+    def _begin_updates(self) -> None:
+        """Show the pieces so far in place of the status line; the rest on the clock."""
         if self._blocks is None:
-            self._status.outputs = ()  # the waiting line goes; the text comes above
-            self._flush()
-        else:
-            # The first pieces replace the waiting line, as the unfinished block. Cutting
-            # off finished blocks (a display message each, and two flushes of the streams)
-            # waits for the regular updates: a fast answer may be over before the first.
-            self._status.outputs = (_markdown("".join(self.pieces)),)
+            self._status.outputs = ()  # (in Markdown, the unfinished block replaces it)
+        self._flush()
         self._schedule()
 
     def _tick(self) -> None:
@@ -144,26 +179,42 @@ class WidgetView:
         self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
 
     def retrying(self, notice: RetryNotice) -> None:
-        if not self.pieces:
-            self._status.outputs = (_note(f"{self._waiting} {retry_line(notice)}"),)
+        if self.pieces:
+            return
+        self._status_line = f"{self._waiting} {retry_line(notice)}"
+        if not self._live:
+            self._cancel_timer()
+            self._show()  # a retry takes seconds: say so now
+        else:
+            self._status.outputs = (_note(self._status_line),)
 
     def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
-        if not self._capturing:
+        if self._finished:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._capturing = False
+        self._finished = True
+        self._cancel_timer()
+        bundle = static_bundle(text, self._format, footer)
+        metadata = {METADATA_KEY: exchange}
+        if not self._live:
+            # The answer came and went before the view was due: show it once, finished
+            # (nothing, if nothing came: the error says why).
+            if text:
+                from IPython.display import display
+
+                display(bundle, raw=True, metadata=metadata)
+            return
         # Stop capturing before anything else is shown: an error line after the answer
         # (an interrupt, a failed request) must land in the cell, not in a closed widget.
         # What is still pending need not be sent: the static output replaces it all.
         self._answer.msg_id = ""
-        self._handle.update(
-            static_bundle(text, self._format, footer),
-            raw=True,
-            metadata={METADATA_KEY: exchange},
-        )
+        self._handle.update(bundle, raw=True, metadata=metadata)
         for widget in (self._box, self._answer, self._status):
             widget.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _flush(self) -> None:
         text = "".join(self.pieces[self._shown :])

@@ -343,6 +343,7 @@ class FlowGptMagics(Magics):
         async def receive() -> None:
             nonlocal first_piece
             extend = view.extend
+            view.begin()
             async with aclosing(answer):
                 batches = answer.batches()  # a list of pieces a read: no step per piece
                 async for batch in batches:
