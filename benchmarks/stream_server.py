@@ -1,12 +1,13 @@
 """A server for benchmarks: answers any POST with one pre-encoded NDJSON answer of N pieces.
 
-    python benchmarks/stream_server.py PIECES [RATE]   # prints its URL, serves until killed
+    python benchmarks/stream_server.py PIECES [RATE [PAUSE]]  # prints its URL, serves
 
 It runs in its own process, so that the client being measured has a core of its own. With
 no RATE it writes the body in 64 KiB blocks as fast as it can, so that the server is never
-the bottleneck. With RATE (pieces a second) it waits 0.2 s, as a model does before its first
-word, then sends the pieces every 10 ms at that rate, and prints on stdout the wall-clock
-time at which it wrote the first piece ("first-piece TIME").
+the bottleneck. With RATE (pieces a second) it waits PAUSE seconds (0.2 unless given), as a
+model does before its first word, then sends the pieces every 10 ms at that rate, and
+prints on stdout the wall-clock time at which it wrote the first piece ("first-piece
+TIME").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def expected_text(pieces: int) -> str:
     return "".join(piece(i) for i in range(pieces))
 
 
-async def main(pieces: int, rate: float | None) -> None:
+async def main(pieces: int, rate: float | None, pause: float) -> None:
     body = answer_body(pieces)
     lines = body.splitlines(keepends=True)
 
@@ -47,7 +48,7 @@ async def main(pieces: int, rate: float | None) -> None:
                 await response.write(body[start : start + 65536])
         else:
             await response.write(lines[0])  # the start event
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(pause)
             per_tick = max(1, round(rate / 100))
             started = time.monotonic()
             for tick, start in enumerate(range(1, len(lines), per_tick)):
@@ -70,4 +71,5 @@ async def main(pieces: int, rate: float | None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else None))
+    rate = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    asyncio.run(main(int(sys.argv[1]), rate, float(sys.argv[3]) if len(sys.argv) > 3 else 0.2))
