@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .exceptions import InvalidRequestError
@@ -19,8 +18,7 @@ class Defaults(NamedTuple):
     system: str | None
 
 
-@dataclass(frozen=True)
-class ChatRequest:
+class ChatRequest(NamedTuple):
     prompt: str
     model: str
     temperature: float

@@ -28,7 +28,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -356,8 +355,7 @@ class RetryNotice(NamedTuple):
     reason: str  # the failure, one sentence
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """How an answer is fetched: how long to wait, and how often to try again.
 
     ``timeout`` is the silence allowed between pieces; ``first_piece_timeout`` the silence
