@@ -20,7 +20,7 @@ from common import goal_lines
 
 from flowgpt_magic.command import ChatRequest
 from flowgpt_magic.conversation import Conversation
-from flowgpt_magic.flowgpt import build_body
+from flowgpt_magic.providers.flowgpt import build_body
 
 TURNS = 1_000
 SIZES = (125, 250, 500, 1_000, 2_000)

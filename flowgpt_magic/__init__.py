@@ -18,8 +18,7 @@ from .exceptions import (
     ResponseFormatError,
     ResponseTimeoutError,
 )
-from .flowgpt import FlowGpt
-from .openai_compatible import OpenAICompatible
+from .providers import FlowGpt, OpenAICompatible
 
 __version__ = "0.1.0"
 

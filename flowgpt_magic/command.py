@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from .exceptions import InvalidRequestError
-from .provider import check_temperature
 from .providers import resolve_model
+from .providers.base import check_temperature
 
 
 class Defaults(NamedTuple):

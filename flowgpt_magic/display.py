@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 if TYPE_CHECKING:
     import asyncio
 
-    from .provider import RetryNotice
+    from .providers.http import RetryNotice
 
 #: The MIME type of a widget's view (ipywidgets' protocol version 2).
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -19,11 +19,18 @@ from .command import ChatRequest, Defaults, build_request
 from .conversation import Conversation
 from .display import FORMATS, Format, StreamView, code_of, footer_line, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
-from .flowgpt import FlowGpt
 from .loop import LoopRunner
 from .prompt import ErrorLog, expand
-from .provider import AsyncResult, RetryNotice, check_temperature
-from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
+from .providers import (
+    PROVIDERS,
+    AsyncResult,
+    FlowGpt,
+    ProviderEntry,
+    ProviderSettings,
+    resolve_model,
+)
+from .providers.base import check_temperature
+from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, RetryNotice
 
 
 @contextmanager
@@ -76,7 +83,7 @@ class FlowGptMagics(Magics):
         None, allow_none=True, help="HTTP(S) proxy URL, e.g. http://user:password@host:3128."
     ).tag(config=True)
     timeout = Float(
-        120.0,
+        TIMEOUT,
         allow_none=True,
         help="Seconds the server may stay silent between pieces (None: no limit). There is "
         "no limit on a whole answer.",
@@ -99,12 +106,12 @@ class FlowGptMagics(Magics):
         "exchanges first (None: no limit).",
     ).tag(config=True)
     retries = Int(
-        2,
+        RETRIES,
         help="How often a request that failed before any text arrived (no connection, 429, "
         "5xx) is tried again, after a growing pause or the server's Retry-After.",
     ).tag(config=True)
     connect_timeout = Float(
-        30.0, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
+        CONNECT_TIMEOUT, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
     ).tag(config=True)
     display_mode = Enum(
         ["auto", "widget", "text"],
@@ -347,13 +354,15 @@ class FlowGptMagics(Magics):
             async with aclosing(answer):
                 batches = answer.batches()  # a list of pieces a read: no step per piece
                 async for batch in batches:
-                    first_piece = time.monotonic() - started
-                    extend(batch)
-                    view.started()
-                    break
+                    if batch.__class__ is list:
+                        first_piece = time.monotonic() - started
+                        extend(batch)
+                        view.started()
+                        break
                 # The hot loop: the view shows the pieces on its own clock.
                 async for batch in batches:
-                    extend(batch)
+                    if batch.__class__ is list:
+                        extend(batch)
 
         outcome = "failed"
         try:

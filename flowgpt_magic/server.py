@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .flowgpt import GREETING, FlowGpt
+from .providers.flowgpt import GREETING, FlowGpt
 
 PATH = "/v3/chat-anonymous"
 OPENAI_PATH = "/v1"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .flowgpt import API_URL_ENV
+from .providers.flowgpt import API_URL_ENV
 
 if TYPE_CHECKING:
     from .server import LocalServer

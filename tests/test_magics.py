@@ -14,8 +14,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from flowgpt_magic import AnswerInterrupted
-from flowgpt_magic.flowgpt import GREETING
 from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.providers.flowgpt import GREETING
 from flowgpt_magic.server import LocalServer, offline_answer
 
 

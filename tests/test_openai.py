@@ -20,6 +20,7 @@ from flowgpt_magic import (
     ResponseFormatError,
 )
 from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.providers import AsyncResult, Finish, Reasoning, ServedBy, Usage
 from flowgpt_magic.server import OPENAI_MODELS, OPENAI_PATH, PATH, LocalServer, answer_pieces
 
 RawServerFactory = Callable[..., Awaitable[RawTestServer]]
@@ -174,6 +175,67 @@ async def test_bad_events_raise_our_own_errors(
                 "m", MESSAGES, base_url=str(server.make_url("/v1"))
             )
         )
+
+
+def chunk(choice: dict[str, object] | None, **fields: object) -> bytes:
+    body = {"model": "served-model", "choices": [choice] if choice else [], **fields}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+THINKING_STREAM = [
+    chunk({"index": 0, "delta": {"role": "assistant", "reasoning_content": "Let me think. "}}),
+    chunk({"index": 0, "delta": {"reasoning": "Done. "}}),  # (OpenRouter's name for it)
+    chunk({"index": 0, "delta": {"content": "Hello"}}),
+    chunk({"index": 0, "delta": {"content": " there"}}),
+    chunk({"index": 0, "delta": {}, "finish_reason": "length"}),
+    chunk(
+        None,
+        usage={
+            "prompt_tokens": 12,
+            "completion_tokens": 30,
+            "completion_tokens_details": {"reasoning_tokens": 20},
+            "cost": 0.0001,
+        },
+    ),
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_events_carry_the_reasoning_the_finish_the_usage_and_the_model(
+    aiohttp_raw_server: RawServerFactory,
+) -> None:
+    server = await aiohttp_raw_server(sse_handler(THINKING_STREAM))
+    url = str(server.make_url("/v1"))
+
+    def answer() -> AsyncResult:
+        return OpenAICompatible.create_async_generator("asked-model", MESSAGES, base_url=url)
+
+    events = [event async for event in answer().events()]
+    assert events == [
+        ServedBy("served-model"),
+        Reasoning("Let me think. "),
+        Reasoning("Done. "),
+        "Hello",
+        " there",
+        Finish("length"),
+        Usage(input_tokens=12, output_tokens=30, reasoning_tokens=20, cost=0.0001),
+    ]
+    # Read for text, the same stream gives the answer alone.
+    assert await collect(answer()) == ["Hello", " there"]
+    # By batches: the text pieces in lists, every other event by itself, in order.
+    batches = [batch async for batch in answer().batches()]
+    runs = [batch for batch in batches if isinstance(batch, list)]
+    assert [piece for run in runs for piece in run] == ["Hello", " there"]
+    assert [batch for batch in batches if not isinstance(batch, list)] == [
+        *events[:3],
+        *events[-2:],
+    ]
+    assert batches.index(runs[0]) == 3
+
+
+async def test_no_temperature_is_sent_unless_one_is_given(openai_server: LocalServer) -> None:
+    await collect(OpenAICompatible.create_async_generator("gpt-4o", MESSAGES))
+    assert "temperature" not in openai_server.state.requests[0].body
 
 
 async def test_models_are_listed_by_the_server(openai_server: LocalServer) -> None:

@@ -9,12 +9,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flowgpt_magic import FlowGptError
-from flowgpt_magic.flowgpt import NdjsonTextParser
-from flowgpt_magic.openai_compatible import SseTextParser
-from flowgpt_magic.provider import BlockParser, LineBuffer
+from flowgpt_magic.providers.base import StreamParser
+from flowgpt_magic.providers.flowgpt import NdjsonTextParser
+from flowgpt_magic.providers.lines import LineBuffer
+from flowgpt_magic.providers.openai import SseParser
 
 
-def decode(chunks: list[bytes], parser: BlockParser) -> list[str]:
+def decode(chunks: list[bytes], parser: StreamParser) -> list[str]:
     """What the provider does with the reads of a body (see provider._stream)."""
     buffer, pieces = LineBuffer(), []
     for chunk in chunks:
@@ -59,13 +60,13 @@ def test_any_split_of_a_server_sent_event_stream_gives_the_same_pieces(
     events = [{"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces]
     stream = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events)
     stream += "data: [DONE]\n\n"
-    assert decode(split(stream.encode(), where), SseTextParser()) == pieces
+    assert decode(split(stream.encode(), where), SseParser()) == pieces
 
 
 @given(st.lists(st.binary(max_size=200), max_size=20))
 @settings(max_examples=500, deadline=None)
 def test_arbitrary_bytes_raise_only_our_own_errors(chunks: list[bytes]) -> None:
-    for parser in (NdjsonTextParser(), SseTextParser()):
+    for parser in (NdjsonTextParser(), SseParser()):
         try:
             pieces = decode(chunks, parser)
         except FlowGptError:
@@ -162,7 +163,7 @@ A_LIST_ACROSS_LINES = [(b'["x"', b"}"), (b'"y"], "z"', b"}")]
 def test_the_text_event_fast_path_gives_what_line_by_line_gives(
     opening: bytes, lines: list[bytes | tuple[bytes, bytes]]
 ) -> None:
-    from flowgpt_magic.flowgpt import text_event_data
+    from flowgpt_magic.providers.flowgpt import text_event_data
 
     block = b"\n".join(
         START
@@ -186,7 +187,7 @@ def test_the_text_event_fast_path_gives_what_line_by_line_gives(
 @given(st.lists(st.text(), min_size=1, max_size=30), st.sampled_from([OPENING, COMPACT]))
 @settings(max_examples=300, deadline=None)
 def test_a_run_of_text_events_takes_the_fast_path(texts: list[str], opening: bytes) -> None:
-    from flowgpt_magic.flowgpt import text_event_data
+    from flowgpt_magic.providers.flowgpt import text_event_data
 
     separators = (", ", ": ") if opening == OPENING else (",", ":")
     lines = [json.dumps({"event": "text", "data": t}, separators=separators) for t in texts]

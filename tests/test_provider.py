@@ -29,7 +29,7 @@ from flowgpt_magic import (
     ResponseFormatError,
     ResponseTimeoutError,
 )
-from flowgpt_magic.flowgpt import DEFAULT_SYSTEM_MESSAGE, GREETING
+from flowgpt_magic.providers.flowgpt import DEFAULT_SYSTEM_MESSAGE, GREETING
 from flowgpt_magic.server import PATH, LocalServer, answer_pieces
 
 RawServerFactory = Callable[..., Awaitable[RawTestServer]]
@@ -141,10 +141,10 @@ async def test_batches_hold_the_same_pieces_as_they_arrived(flowgpt_server: Loca
     assert all(batches) and 1 < len(batches) < len(expected)  # (as many as reads took)
 
 
-def test_a_prepared_request_shows_no_secret() -> None:
-    from flowgpt_magic.provider import PreparedRequest
+def test_a_request_shows_no_secret() -> None:
+    from flowgpt_magic.providers.http import HttpRequest
 
-    request = PreparedRequest(
+    request = HttpRequest(
         "http://user:pw@127.0.0.1:1/v1",
         {"Authorization": "Bearer sk-secret"},
         {"messages": "private"},
@@ -161,8 +161,9 @@ async def test_an_answer_is_read_one_way_or_the_other(flowgpt_server: LocalServe
     answer = FlowGpt.create_async_generator("gpt-3.5-turbo", USER)
     async with aclosing(answer):
         assert await answer.__anext__() == answer_pieces(flowgpt_server.state.requests[0].body)[0]
-        with pytest.raises(RuntimeError, match="piece by piece or by batches"):
-            answer.batches()
+        for other_way in (answer.batches, answer.events):
+            with pytest.raises(RuntimeError, match="read as text; an answer is read one way"):
+                other_way()
 
 
 async def test_closing_after_the_first_batch_closes_the_connection(
@@ -435,10 +436,9 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
 # -- boundaries ---------------------------------------------------------------------------
 
 
-def test_provider_module_imports_nothing_from_ipython() -> None:
+def test_the_providers_import_nothing_from_ipython() -> None:
     code = (
-        "import sys, flowgpt_magic.providers, flowgpt_magic.flowgpt, "
-        "flowgpt_magic.openai_compatible; "
+        "import sys, flowgpt_magic.providers; "
         "roots = {m.split('.')[0] for m in sys.modules}; "
         "print(sorted(roots & {'IPython', 'ipywidgets', 'aiohttp'}))"
     )
@@ -448,7 +448,7 @@ def test_provider_module_imports_nothing_from_ipython() -> None:
 
 
 def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:
-    from flowgpt_magic.provider import LineBuffer
+    from flowgpt_magic.providers.lines import LineBuffer
 
     stream = '{"data":"Grüße "}\r\n\n{"data":"✓ 🎉"}\n{"a":1}'.encode()
     for cut in range(len(stream) + 1):
@@ -458,7 +458,7 @@ def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:
 
 
 def test_the_line_buffer_refuses_an_endless_line() -> None:
-    from flowgpt_magic.provider import LineBuffer
+    from flowgpt_magic.providers.lines import LineBuffer
 
     buffer = LineBuffer(max_line_bytes=1000)
     buffer.feed(b"x" * 600)
@@ -476,7 +476,7 @@ def test_the_line_buffer_refuses_an_endless_line() -> None:
     ],
 )
 def test_batched_decoding_gives_what_line_by_line_gives(block: bytes) -> None:
-    from flowgpt_magic.provider import decode_json_lines
+    from flowgpt_magic.providers.lines import decode_json_lines
 
     by_line = [json.loads(line) for line in block.split(b"\n") if line.strip()]
     assert decode_json_lines(block) == by_line
@@ -496,7 +496,7 @@ def test_batched_decoding_gives_what_line_by_line_gives(block: bytes) -> None:
     ],
 )
 def test_batched_decoding_refuses_what_line_by_line_refuses(block: bytes) -> None:
-    from flowgpt_magic.provider import decode_json_lines
+    from flowgpt_magic.providers.lines import decode_json_lines
 
     with pytest.raises(ResponseFormatError, match="not UTF-8 JSON"):
         decode_json_lines(block)
@@ -518,7 +518,7 @@ def test_a_run_of_text_events_between_other_lines_stops_at_a_bad_one(
     first: bytes, last: bytes, before: list[str], fails: bool
 ) -> None:
     # The pieces before a bad line are delivered, then its error raised; none after it.
-    from flowgpt_magic.flowgpt import NdjsonTextParser
+    from flowgpt_magic.providers.flowgpt import NdjsonTextParser
 
     parser = NdjsonTextParser()
     run = b"\n".join(b'{"event": "text", "data": "%d"}' % i for i in range(3))

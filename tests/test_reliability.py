@@ -20,7 +20,7 @@ from flowgpt_magic import (
     ResponseTimeoutError,
 )
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.provider import RetryNotice
+from flowgpt_magic.providers.http import RetryNotice
 from flowgpt_magic.server import PATH, LocalServer
 
 USER = [{"role": "user", "content": "Hello"}]
@@ -54,7 +54,7 @@ async def test_a_503_is_retried_after_its_retry_after_and_then_answers(
 async def test_retry_after_is_capped(
     flowgpt_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("flowgpt_magic.provider.MAX_RETRY_WAIT", 0.1)
+    monkeypatch.setattr("flowgpt_magic.providers.http.MAX_RETRY_WAIT", 0.1)
     options = flowgpt_server.state.options
     options.fault, options.fault_times, options.retry_after = "status-429", 1, 3600
     notices: list[RetryNotice] = []
@@ -161,7 +161,7 @@ def quick(
     """Short limits and retry pauses, so that every row runs in well under a second."""
     magics.timeout = magics.first_piece_timeout = 0.5
     flowgpt_server.state.options.retry_after = 0.01
-    monkeypatch.setattr("flowgpt_magic.provider.RETRY_BACKOFF", 0.01)
+    monkeypatch.setattr("flowgpt_magic.providers.http.RETRY_BACKOFF", 0.01)
     return magics
 
 

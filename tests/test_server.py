@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from flowgpt_magic import FlowGpt
-from flowgpt_magic.flowgpt import build_body, signed_headers
+from flowgpt_magic.providers.flowgpt import build_body, signed_headers
 from flowgpt_magic.server import LocalServer
 
 USER = [{"role": "user", "content": "Hello"}]

@@ -12,32 +12,19 @@ from __future__ import annotations
 import json
 import string
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from .exceptions import FlowGptError, ResponseFormatError
-from .provider import (
-    AsyncGeneratorProvider,
-    AsyncResult,
-    Delivery,
-    Messages,
-    PartialBlockError,
-    ProviderModelMixin,
-    RetryNotice,
-    check_temperature,
-    check_unexpected,
-    checked_messages,
-    decode_json_lines,
-    resolve_endpoint,
-    start_stream,
-)
-
-if TYPE_CHECKING:
-    import aiohttp
+from ..exceptions import FlowGptError, ResponseFormatError
+from .base import Messages, Provider
+from .events import Event
+from .http import HttpRequest, resolve_endpoint
+from .lines import PartialBlockError, decode_json_lines
 
 #: Environment variable that overrides the endpoint (a full URL of the chat endpoint).
 API_URL_ENV = "FLOWGPT_API_URL"
 DEFAULT_SYSTEM_MESSAGE = "You are helpful assistant. Follow the user's instructions carefully."
+#: The protocol requires a temperature; this one is sent when none is given.
+DEFAULT_TEMPERATURE = 0.7
 GREETING = {"role": "assistant", "content": "Hello, how can I help you today?"}
 ANONYMOUS_AUTHORIZATION = "Bearer null"
 USER_AGENT = (
@@ -45,16 +32,9 @@ USER_AGENT = (
     "Chrome/131.0.0.0 Safari/537.36"
 )
 _DEVICE_ID_ALPHABET = string.ascii_lowercase + string.digits
-_STATUS_ADVICE = {
-    400: "The server rejected the request as malformed.",
-    401: "The endpoint refused anonymous access.",
-    403: "The endpoint refused anonymous access.",
-    404: f"Check the endpoint URL ({API_URL_ENV} or api_url).",
-    429: "The server is rate limiting; wait a little and try again.",
-}
 
 
-class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
+class FlowGpt(Provider):
     """FlowGPT's anonymous chat endpoint.
 
     Upstream (g4f) marked this provider as not working in 2024; the endpoint is therefore
@@ -65,8 +45,6 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
     url = "https://flowgpt.com/chat"
     api_endpoint: ClassVar[str] = "https://prod-backend-k8s.flowgpt.com/v3/chat-anonymous"
     working = False
-    supports_message_history = True
-    supports_system_message = True
     default_model = "gpt-3.5-turbo"
     models: ClassVar[list[str]] = [
         "gpt-3.5-turbo",
@@ -87,52 +65,15 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
         "gemini": "google-gemini",
         "gemini-pro": "google-gemini",
     }
-
-    @classmethod
-    def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        temperature: float = 0.7,
-        *,
-        api_url: str | None = None,
-        timeout: float | None = 120.0,
-        first_piece_timeout: float | None = None,
-        connect_timeout: float | None = 30.0,
-        retries: int = 2,
-        on_retry: Callable[[RetryNotice], None] | None = None,
-        session: aiohttp.ClientSession | None = None,
-        **kwargs: Any,
-    ) -> AsyncResult:
-        """Stream the answer to ``messages`` as text pieces.
-
-        ``timeout`` is how long the server may stay silent between pieces, and
-        ``first_piece_timeout`` before the first one (None: the same); there is no limit on
-        the whole answer. A request that fails before any text arrived is tried up to
-        ``retries`` more times, and ``on_retry`` is told each time (see ``Delivery``).
-        ``session`` lets a caller reuse its own aiohttp session, which is then left open.
-        Everything is validated here, before anything is sent.
-        """
-        check_unexpected(
-            "FlowGpt",
-            kwargs,
-            "model, messages, proxy, temperature, api_url, timeout, first_piece_timeout, "
-            "connect_timeout, retries, on_retry and session",
-        )
-        resolved = cls.get_model(model)
-        body = build_body(resolved, messages, check_temperature(temperature))
-        return start_stream(
-            cls.endpoint(api_url=api_url),
-            headers=signed_headers(),
-            body=body,
-            parser=NdjsonTextParser(),
-            proxy=proxy,
-            delivery=Delivery(timeout, first_piece_timeout, connect_timeout, retries, on_retry),
-            session=session,
-            endpoint_hint=f"{API_URL_ENV} or api_url",
-            status_advice=_STATUS_ADVICE,
-        )
+    options = ("api_url",)
+    endpoint_hint = f"{API_URL_ENV} or api_url"
+    status_advice: ClassVar[dict[int, str]] = {
+        400: "The server rejected the request as malformed.",
+        401: "The endpoint refused anonymous access.",
+        403: "The endpoint refused anonymous access.",
+        404: f"Check the endpoint URL ({API_URL_ENV} or api_url).",
+        429: "The server is rate limiting; wait a little and try again.",
+    }
 
     @classmethod
     def endpoint(cls, api_url: str | None = None, **options: Any) -> str:
@@ -140,6 +81,24 @@ class FlowGpt(AsyncGeneratorProvider, ProviderModelMixin):
         return resolve_endpoint(
             api_url, API_URL_ENV, cls.api_endpoint, "http://127.0.0.1:8765/v3/chat-anonymous"
         )
+
+    @classmethod
+    def prepare(
+        cls,
+        model: str,
+        messages: Messages,
+        temperature: float | None,
+        api_url: str | None = None,
+        **options: Any,
+    ) -> HttpRequest:
+        body = build_body(
+            model, messages, DEFAULT_TEMPERATURE if temperature is None else temperature
+        )
+        return HttpRequest(cls.endpoint(api_url=api_url), signed_headers(), body)
+
+    @classmethod
+    def parser(cls) -> NdjsonTextParser:
+        return NdjsonTextParser()
 
 
 def signed_headers(authorization: str = ANONYMOUS_AUTHORIZATION) -> dict[str, str]:
@@ -170,15 +129,14 @@ def signed_headers(authorization: str = ANONYMOUS_AUTHORIZATION) -> dict[str, st
 
 def build_body(model: str, messages: Messages, temperature: float) -> dict[str, Any]:
     """The JSON body: last message as the question, earlier ones as history, systems folded."""
-    checked = checked_messages(messages)
     history = [GREETING] + [
-        {"role": m["role"], "content": m["content"]} for m in checked[:-1] if m["role"] != "system"
+        {"role": m["role"], "content": m["content"]} for m in messages[:-1] if m["role"] != "system"
     ]
-    system = "\n".join(m["content"] for m in checked if m["role"] == "system")
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
     return {
         "model": model,
         "nsfw": False,
-        "question": checked[-1]["content"],
+        "question": messages[-1]["content"],
         "history": history,
         "system": system or DEFAULT_SYSTEM_MESSAGE,
         "temperature": temperature,
@@ -191,12 +149,14 @@ def build_body(model: str, messages: Messages, temperature: float) -> dict[str, 
 
 
 class NdjsonTextParser:
-    """FlowGPT's stream: one JSON object a line; ``{"event": "text", "data": str}`` is text."""
+    """FlowGPT's stream: one JSON object a line; ``{"event": "text", "data": str}`` is text,
+    the only event the protocol has."""
 
+    text_only: ClassVar[bool] = True
     done = False
     error: FlowGptError | None = None
 
-    def parse(self, block: bytes) -> list[str]:
+    def parse(self, block: bytes) -> list[Event]:
         texts = text_event_data(block)
         if texts is not None:
             return list(filter(None, texts))  # (empty pieces are skipped, as below)
@@ -212,13 +172,13 @@ class NdjsonTextParser:
         pieces += filter(None, texts)
         return pieces + self._events(block[last + 1 :])
 
-    def _events(self, block: bytes) -> list[str]:
+    def _events(self, block: bytes) -> list[Event]:
         """The text in ``block``, decoded as any JSON lines."""
         try:
             events = decode_json_lines(block)
         except PartialBlockError as partial:
             events, self.error = partial.values, partial.error
-        pieces = []
+        pieces: list[Event] = []
         # The hot loop of a long answer: plain checks inline, no call per event.
         for event in events:
             if event.__class__ is dict and event.get("event") == "text":
@@ -233,7 +193,7 @@ class NdjsonTextParser:
                     pieces.append(data)
         return pieces
 
-    def finish(self) -> list[str]:
+    def finish(self) -> list[Event]:
         return []
 
 

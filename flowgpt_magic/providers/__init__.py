@@ -1,50 +1,38 @@
 """The providers the magics can use, and model ids that name one: ``openai:gpt-4o-mini``.
 
 A bare model name keeps its FlowGPT meaning (``gemini``); ``flowgpt:gemini`` says the same.
-Adding a provider is one new module (a class with the provider interface, see
-``provider.py``) plus one line in ``PROVIDERS``.
+Adding a provider is one new module (a subclass of ``base.Provider`` that says how its
+requests are written and its streams read) plus one line in ``PROVIDERS``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from traitlets.config import Configurable
 
-from .exceptions import InvalidRequestError
+from ..exceptions import InvalidRequestError
+from .base import AsyncResult, Provider
+from .events import Event, Finish, Reasoning, ServedBy, Usage
 from .flowgpt import FlowGpt
-from .openai_compatible import OpenAI, OpenAICompatible
-from .provider import AsyncResult, Messages
+from .openai import OpenAI, OpenAICompatible
 
-
-class ChatProvider(Protocol):
-    """What the magics need of a provider class."""
-
-    default_model: ClassVar[str]
-    models: ClassVar[list[str]]
-    model_aliases: ClassVar[dict[str, str]]
-
-    @classmethod
-    def get_model(cls, model: str | None) -> str: ...
-
-    @classmethod
-    def aliases_of(cls, model: str) -> list[str]: ...
-
-    @classmethod
-    def endpoint(cls, **options: Any) -> str: ...
-
-    @classmethod
-    async def list_models(cls, **options: Any) -> list[str]: ...
-
-    @classmethod
-    def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = ...,
-        temperature: float = ...,
-        **options: Any,
-    ) -> AsyncResult: ...
+__all__ = [
+    "PROVIDERS",
+    "AsyncResult",
+    "Event",
+    "Finish",
+    "FlowGpt",
+    "ModelRef",
+    "OpenAI",
+    "OpenAICompatible",
+    "Provider",
+    "ProviderEntry",
+    "Reasoning",
+    "ServedBy",
+    "Usage",
+    "resolve_model",
+]
 
 
 class ProviderSettings(Protocol):
@@ -54,7 +42,7 @@ class ProviderSettings(Protocol):
 
 class ProviderEntry(NamedTuple):
     name: str
-    provider: type[ChatProvider]
+    provider: type[Provider]
     description: str
     #: Its own settings for %config (a Configurable with ``request_options()``), or None
     #: when the magics' own settings serve (FlowGPT's endpoint is FlowGptMagics.api_url).

@@ -1,0 +1,262 @@
+"""OpenAICompatible: the chat-completions protocol that OpenAI, OpenRouter, Ollama, vLLM,
+llama.cpp's server and LM Studio all speak.
+
+``POST {base_url}/chat/completions`` with ``"stream": true`` answers with server-sent events,
+``data: {...}`` lines whose ``choices[0].delta.content`` is the next piece, ending with
+``data: [DONE]``. Messages go as they are: system message, history, prompt.
+
+Settings (``%config OpenAI.base_url = ...``) live in :class:`OpenAI`, a traitlets
+Configurable; the environment variables ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` are used
+when they are not set. The API key is never shown: not in errors, reprs or ``%config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from traitlets import Unicode, validate
+from traitlets.config import Configurable
+
+from ..exceptions import (
+    FlowGptError,
+    InvalidRequestError,
+    RequestFailedError,
+    ResponseFormatError,
+    Secret,
+    SecretURL,
+)
+from .base import Messages, Provider
+from .events import Event, Finish, Reasoning, ServedBy, Usage
+from .http import HttpRequest, get_json, resolve_endpoint
+from .lines import decode_json_line
+
+BASE_URL_ENV = "OPENAI_BASE_URL"
+API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_ENDPOINT_HINT = f"{BASE_URL_ENV} or OpenAI.base_url"
+
+
+class OpenAI(Configurable):
+    """Where the OpenAI-compatible provider sends requests, and with which key."""
+
+    base_url = Unicode(
+        None,
+        allow_none=True,
+        help=f"Base URL of the API, e.g. http://localhost:11434/v1 for Ollama. None: "
+        f"${BASE_URL_ENV} if set, else {DEFAULT_BASE_URL}.",
+    ).tag(config=True)
+    api_key = Unicode(
+        None, allow_none=True, help=f"API key. None: ${API_KEY_ENV}. Never shown."
+    ).tag(config=True)
+
+    @validate("api_key")
+    def _hide_key(self, proposal: Any) -> str | None:
+        return None if proposal.value is None else Secret(proposal.value)
+
+    @validate("base_url")
+    def _hide_url_credentials(self, proposal: Any) -> str | None:
+        return None if proposal.value is None else SecretURL(proposal.value)
+
+    def request_options(self) -> dict[str, Any]:
+        """The keyword arguments ``OpenAICompatible`` takes from these settings."""
+        return {"base_url": self.base_url, "api_key": self.api_key}
+
+
+class OpenAICompatible(Provider):
+    """Any server that speaks OpenAI's chat-completions protocol, streamed."""
+
+    url = "https://platform.openai.com/docs/api-reference/chat"
+    default_model = "gpt-4o-mini"
+    #: Shown when the server's own list (GET /models) cannot be had.
+    models: ClassVar[list[str]] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "o4-mini"]
+    options = ("base_url", "api_key")
+    endpoint_hint = _ENDPOINT_HINT
+    status_advice: ClassVar[dict[int, str]] = {
+        400: "The server rejected the request; the message above says why.",
+        401: f"The API key was refused: set {API_KEY_ENV} or %config OpenAI.api_key.",
+        403: "The API key may not use this model or endpoint.",
+        404: f"The model is not served there, or the base URL is wrong ({_ENDPOINT_HINT}).",
+        429: "The server is rate limiting, or the account is out of quota; wait and try again.",
+    }
+
+    @classmethod
+    def get_model(cls, model: str | None) -> str:
+        """Any model name: the server decides which it serves (and says so with a 404)."""
+        if not model:
+            return cls.default_model
+        if model != model.strip() or not model.isprintable():
+            raise InvalidRequestError(f"{model!r} is not a model name.")
+        return model
+
+    @classmethod
+    def endpoint(cls, base_url: str | None = None, **options: Any) -> str:
+        """The base URL in use: ``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's."""
+        return resolve_endpoint(
+            base_url, BASE_URL_ENV, DEFAULT_BASE_URL, "http://localhost:11434/v1"
+        ).rstrip("/")
+
+    @classmethod
+    def prepare(
+        cls,
+        model: str,
+        messages: Messages,
+        temperature: float | None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        **options: Any,
+    ) -> HttpRequest:
+        """Messages as they are; a temperature only when one is given (some models refuse
+        any)."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "stream": True,
+        }
+        if temperature is not None:
+            body["temperature"] = temperature
+        url = cls.endpoint(base_url) + "/chat/completions"
+        return HttpRequest(url, _headers(api_key, accept="text/event-stream"), body)
+
+    @classmethod
+    def parser(cls) -> SseParser:
+        return SseParser()
+
+    @classmethod
+    async def list_models(
+        cls,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        proxy: str | None = None,
+        timeout: float = 10.0,
+        **options: Any,
+    ) -> list[str]:
+        """The model ids the server offers (``GET {base_url}/models``), sorted."""
+        url = cls.endpoint(base_url) + "/models"
+        data = await get_json(
+            url,
+            _headers(api_key, accept="application/json"),
+            proxy=proxy,
+            timeout=timeout,
+            endpoint_hint=cls.endpoint_hint,
+            status_advice=cls.status_advice,
+        )
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise ResponseFormatError(f"{url} did not answer with a list of models.")
+        return sorted(str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e)
+
+
+def _headers(api_key: str | None, *, accept: str) -> dict[str, str]:
+    key = api_key or os.environ.get(API_KEY_ENV)
+    headers = {"Content-Type": "application/json", "Accept": accept}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+class SseParser:
+    """Server-sent events carrying chat-completion chunks; ``data: [DONE]`` ends them.
+
+    A chunk's ``choices[0].delta`` carries the answer (``content``) and, from servers that
+    parse it out, the reasoning (``reasoning_content``: llama.cpp, vLLM, DeepSeek;
+    ``reasoning``: OpenRouter and others); ``finish_reason`` says why it ended; ``usage``
+    comes in the last chunk, or one of its own with no choices; ``model`` in every chunk.
+    """
+
+    text_only: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: FlowGptError | None = None
+        self._data: list[bytes] = []
+        self._model: str | None = None
+
+    def parse(self, block: bytes) -> list[Event]:
+        events: list[Event] = []
+        for line in block.split(b"\n"):
+            line = line.rstrip(b"\r")
+            if not line:  # a blank line ends an event
+                try:
+                    self._dispatch(events)
+                except FlowGptError as error:
+                    self.error = error  # raised after the events before it
+                    break
+                if self.done:
+                    break
+            elif line.startswith(b"data:"):
+                self._data.append(line[5:].removeprefix(b" "))
+            # Comments (":"), "event:", "id:" and "retry:" lines carry nothing.
+        return events
+
+    def finish(self) -> list[Event]:
+        events: list[Event] = []
+        self._dispatch(events)
+        return events
+
+    def _dispatch(self, events: list[Event]) -> None:
+        data, self._data = b"\n".join(self._data), []
+        if not data:
+            return
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return
+        self._read_chunk(decode_json_line(data), events)
+
+    def _read_chunk(self, chunk: Any, events: list[Event]) -> None:
+        if not isinstance(chunk, dict) or not ("choices" in chunk or "usage" in chunk):
+            if isinstance(chunk, dict) and "error" in chunk:
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                raise RequestFailedError(f"The server reported an error mid-answer: {message}")
+            raise ResponseFormatError(
+                f"The server sent an event that is not a chat-completion chunk "
+                f"({json.dumps(chunk)[:80]!r})."
+            )
+        model = chunk.get("model")
+        if isinstance(model, str) and model and model != self._model:
+            self._model = model
+            events.append(ServedBy(model))
+        choices = chunk.get("choices") or []
+        choice = choices[0] if isinstance(choices, list) and choices else {}
+        if not isinstance(choice, dict):
+            raise ResponseFormatError("The server sent a chunk whose choice is not an object.")
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise ResponseFormatError("The server sent a delta that is not an object.")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            events.append(Reasoning(_string(reasoning, "reasoning")))
+        content = delta.get("content")
+        if content:
+            events.append(_string(content, "content"))
+        if choice.get("finish_reason"):
+            events.append(Finish(str(choice["finish_reason"])))
+        if isinstance(usage := chunk.get("usage"), dict):
+            events.append(usage_of(usage))
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ResponseFormatError(f"The server sent a delta whose {name} is not a string.")
+    return value
+
+
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """OpenAI's usage object (``prompt_tokens``, ``completion_tokens``, and details)."""
+
+    def count(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    details = usage.get("completion_tokens_details")
+    cost = usage.get("cost")
+    return Usage(
+        input_tokens=count(usage.get("prompt_tokens")),
+        output_tokens=count(usage.get("completion_tokens")),
+        reasoning_tokens=count(details.get("reasoning_tokens"))
+        if isinstance(details, dict)
+        else None,
+        cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+    )
