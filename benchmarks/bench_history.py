@@ -21,6 +21,7 @@ from common import goal_lines
 from flowgpt_magic.command import ChatRequest
 from flowgpt_magic.conversation import Conversation
 from flowgpt_magic.providers.flowgpt import build_body
+from flowgpt_magic.record import Record
 
 TURNS = 1_000
 SIZES = (125, 250, 500, 1_000, 2_000)
@@ -38,10 +39,10 @@ def history_memory() -> dict[str, float]:
     conversation = Conversation()
     for index in range(TURNS):
         question, answer = turn(index)
-        conversation.add_exchange(question, answer, "gpt-3.5-turbo")
+        conversation.add(Record(question, answer, "gpt-3.5-turbo", time=1.8e9))
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    text = sum(len(m.content.encode()) for m in conversation)
+    text = sum(len(r.prompt.encode()) + len(r.answer.encode()) for r in conversation)
     return {"held_bytes": held, "text_bytes": text, "held_vs_text": held / text}
 
 
@@ -51,7 +52,7 @@ def request_seconds(repeats: int = 15) -> dict[int, float]:
     conversations = {turns: Conversation() for turns in SIZES}
     for turns, conversation in conversations.items():
         for index in range(turns):
-            conversation.add_exchange(*turn(index), "gpt-3.5-turbo")
+            conversation.add(Record(*turn(index), "gpt-3.5-turbo"))
     best = dict.fromkeys(SIZES, math.inf)
     for _ in range(repeats):
         for turns, conversation in conversations.items():

@@ -1,7 +1,7 @@
-"""A notebook's conversation: the exchanges so far, as plain data, with save and load.
+"""A notebook's conversation: its exchanges (records), with caps, save, load and rebuild.
 
-No UI here. Only completed exchanges are ever added, so a failed or interrupted request
-cannot leave half an exchange behind.
+No UI here. Only complete exchanges are ever added, so a failed or interrupted request
+cannot leave half an exchange behind; a cell's exchange replaces the one it made before.
 """
 
 from __future__ import annotations
@@ -9,109 +9,54 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .display import METADATA_KEY, answer_in
 from .exceptions import HistoryFileError
+from .record import Record, iso_time, record_in
 
 FILE_FORMAT = "flowgpt-magic.conversation"
-FILE_VERSION = 1
+#: Version 2 holds whole records; version 1 (and a bare list) held messages.
+FILE_VERSION = 2
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass(frozen=True, slots=True)  # slots: a long history costs little beyond its text
-class Message:
-    role: str
-    content: str
-    #: The model that wrote an assistant message, when known.
-    model: str | None = None
-    #: The notebook cell the exchange came from, when the frontend says (JupyterLab does).
-    cell_id: str | None = None
-    #: When an assistant message was completed (Unix time; a float is smaller than a string).
-    time: float | None = None
-
-    def to_wire(self) -> dict[str, str]:
-        """The ``{"role", "content"}`` form providers take."""
-        return {"role": self.role, "content": self.content}
-
-    def to_json(self) -> dict[str, str]:
-        data = self.to_wire()
-        if self.model:
-            data["model"] = self.model
-        if self.cell_id:
-            data["cell_id"] = self.cell_id
-        if self.time is not None:
-            data["time"] = _iso(self.time)
-        return data
-
-
 class Conversation:
-    """The messages exchanged so far, oldest first."""
+    """The exchanges so far, oldest first."""
 
-    def __init__(self, messages: Iterable[Message] = ()) -> None:
-        self._messages = list(messages)
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        self._records = list(records)
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._records)
 
-    def __iter__(self) -> Iterator[Message]:
-        return iter(self._messages)
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
 
     def __repr__(self) -> str:
-        return f"<Conversation of {len(self._messages)} messages>"
+        return f"<Conversation of {exchanges(len(self._records))}>"
 
-    @property
-    def exchange_count(self) -> int:
-        return sum(1 for message in self._messages if message.role == "user")
-
-    def add_exchange(
-        self,
-        prompt: str,
-        answer: str,
-        model: str | None = None,
-        cell_id: str | None = None,
-        time: float | None = None,
-    ) -> None:
+    def add(self, record: Record) -> None:
         """Add an exchange; one from a cell that already has one replaces it, in place."""
-        exchange = [
-            Message("user", prompt, cell_id=cell_id),
-            Message("assistant", answer, model, cell_id, time),
-        ]
-        start = self._exchange_of(cell_id) if cell_id else None
-        if start is None:
-            self._messages += exchange
-        else:
-            end = self._end_of_exchange(start)
-            self._messages[start:end] = exchange
+        if record.cell_id is not None:
+            for index, earlier in enumerate(self._records):
+                if earlier.cell_id == record.cell_id:
+                    self._records[index] = record
+                    return
+        self._records.append(record)
 
     def pop(self) -> bool:
         """Remove the last exchange; False if there is none."""
-        starts = [i for i, m in enumerate(self._messages) if m.role == "user"]
-        if not starts:
+        if not self._records:
             return False
-        del self._messages[starts[-1] :]
+        del self._records[-1]
         return True
 
-    def _exchange_of(self, cell_id: str) -> int | None:
-        for index, message in enumerate(self._messages):
-            if message.role == "user" and message.cell_id == cell_id:
-                return index
-        return None
-
-    def _end_of_exchange(self, start: int) -> int:
-        end = start + 1
-        while end < len(self._messages) and self._messages[end].role != "user":
-            end += 1
-        return end
-
     def reset(self) -> None:
-        self._messages.clear()
+        self._records.clear()
 
     def replace_with(self, other: Conversation) -> None:
-        self._messages = list(other)
+        self._records = list(other)
 
     def wire_messages(
         self,
@@ -125,31 +70,25 @@ class Conversation:
         most ``max_chars`` characters of content. A cell run again does not send its own
         earlier exchange (``excluding_cell``). The conversation itself keeps everything.
         """
-        messages = self._messages
+        records = self._records
         if excluding_cell is not None:
-            messages = [m for m in messages if m.cell_id != excluding_cell]
+            records = [r for r in records if r.cell_id != excluding_cell]
         if max_turns is not None or max_chars is not None:
-            messages = _most_recent(messages, max_turns, max_chars)
-        return [message.to_wire() for message in messages]
+            records = _most_recent(records, max_turns, max_chars)
+        return [message for record in records for message in record.wire_messages()]
 
     def transcript(self) -> str:
-        """A readable rendering: who said what, in order."""
-        if not self._messages:
+        """A readable rendering: who said what, in order, from which cell, when."""
+        if not self._records:
             return "The conversation is empty."
-        count = self.exchange_count
-        lines = [f"Conversation: {count} exchange{'s' if count != 1 else ''}"]
-        for message in self._messages:
-            if message.role == "user":
-                speaker = "You" + (f" (cell {message.cell_id[:8]})" if message.cell_id else "")
-            elif message.role == "system":
-                speaker = "System"
-            else:
-                when = _iso(message.time)[11:19] if message.time is not None else ""
-                about = [message.model or "", when]
-                details = ", ".join(part for part in about if part)
-                speaker = f"Assistant ({details})" if details else "Assistant"
-            body = message.content.replace("\n", "\n    ")
-            lines.append(f"\n{speaker}:\n    {body}")
+        lines = [f"Conversation: {exchanges(len(self._records))}"]
+        for record in self._records:
+            you = "You" + (f" (cell {record.cell_id[:8]})" if record.cell_id else "")
+            when = iso_time(record.time)[11:19] if record.time is not None else ""
+            details = ", ".join(part for part in (record.model, when) if part)
+            assistant = f"Assistant ({details})" if details else "Assistant"
+            for speaker, text in ((you, record.prompt), (assistant, record.answer)):
+                lines.append(f"\n{speaker}:\n    " + text.replace("\n", "\n    "))
         return "\n".join(lines)
 
     # -- files -------------------------------------------------------------------------
@@ -158,29 +97,37 @@ class Conversation:
         return {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
-            "messages": [message.to_json() for message in self._messages],
+            "exchanges": [record.to_json() for record in self._records],
         }
 
     @classmethod
     def from_json(cls, data: Any, source: str = "the data") -> Conversation:
-        """Validate ``data`` (our file format, or a bare list of messages) and load it."""
-        if isinstance(data, dict):
-            if data.get("format") != FILE_FORMAT:
-                raise HistoryFileError(
-                    f"{source} is not a flowgpt-magic conversation: its 'format' is "
-                    f"{data.get('format')!r}, expected {FILE_FORMAT!r}."
-                )
-            if data.get("version") != FILE_VERSION:
-                raise HistoryFileError(
-                    f"{source} has version {data.get('version')!r}; this flowgpt-magic reads "
-                    f"version {FILE_VERSION}. Upgrade flowgpt-magic to read it."
-                )
-            data = data.get("messages")
-        if not isinstance(data, list):
+        """Validate ``data`` and load it: our file format (version 2, or 1), or a bare list
+        of ``{"role", "content"}`` messages."""
+        if not isinstance(data, dict):
+            return cls(_records_of_messages(data, source))
+        if data.get("format") != FILE_FORMAT:
             raise HistoryFileError(
-                f"{source} must hold a list of messages, not {type(data).__name__}."
+                f"{source} is not a flowgpt-magic conversation: its 'format' is "
+                f"{data.get('format')!r}, expected {FILE_FORMAT!r}."
             )
-        return cls(_message_from_json(item, index, source) for index, item in enumerate(data))
+        if data.get("version") == 1:
+            return cls(_records_of_messages(data.get("messages"), source))
+        if data.get("version") != FILE_VERSION:
+            raise HistoryFileError(
+                f"{source} has version {data.get('version')!r}; this flowgpt-magic reads "
+                f"versions 1 and {FILE_VERSION}. Upgrade flowgpt-magic to read it."
+            )
+        exchanges = data.get("exchanges")
+        if not isinstance(exchanges, list):
+            raise HistoryFileError(f"{source} must hold a list of exchanges.")
+        records = []
+        for index, item in enumerate(exchanges):
+            try:
+                records.append(Record.from_json(item))
+            except ValueError as error:
+                raise HistoryFileError(f"{source}, exchange {index} {error}.") from None
+        return cls(records)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the conversation as JSON, atomically: a crash leaves the old file or the new."""
@@ -208,6 +155,20 @@ class Conversation:
         return target
 
     @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Conversation:
+        source = Path(path).expanduser()
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+            raise HistoryFileError(f"Could not read {source}: {reason}.") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise HistoryFileError(f"{source} is not valid JSON: {error}.") from None
+        return cls.from_json(data, str(source))
+
+    @classmethod
     def from_notebook(cls, path: str | os.PathLike[str]) -> Conversation:
         """The exchanges a saved notebook's answers carry, in cell order.
 
@@ -225,80 +186,78 @@ class Conversation:
         conversation = cls()
         for cell in cells:
             for output in cell.get("outputs", []) if isinstance(cell, dict) else []:
-                answer = answer_in(output) if isinstance(output, dict) else None
-                if answer is None:
-                    continue  # not an answer's output, or a malformed one
-                record = output["metadata"][METADATA_KEY]  # (answer_in found it a dict)
-                if (
-                    record.get("outcome") == "complete"
-                    and record.get("recorded")
-                    and isinstance(record.get("prompt"), str)
-                ):
-                    conversation.add_exchange(
-                        record["prompt"],
-                        answer,
-                        record.get("model"),
-                        record.get("cell_id") or cell.get("id"),
-                        record.get("time"),
-                    )
+                record = record_in(output)
+                if record is not None and record.in_conversation:
+                    # A record saved without its cell's id (nbclient sends none) takes the
+                    # id of the cell it is saved in.
+                    conversation.add(record._replace(cell_id=record.cell_id or cell.get("id")))
         return conversation
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Conversation:
-        source = Path(path).expanduser()
-        try:
-            text = source.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
-            raise HistoryFileError(f"Could not read {source}: {reason}.") from None
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise HistoryFileError(f"{source} is not valid JSON: {error}.") from None
-        return cls.from_json(data, str(source))
 
 
 def _most_recent(
-    messages: list[Message], max_turns: int | None, max_chars: int | None
-) -> list[Message]:
-    kept: list[Message] = []
-    turns = chars = 0
-    end = len(messages)
-    for start in range(len(messages) - 1, -1, -1):
-        if messages[start].role != "user" and start > 0:
-            continue  # an exchange starts at its user message
-        exchange = messages[start:end]
-        size = sum(len(m.content) for m in exchange)
-        if (max_turns is not None and turns + 1 > max_turns) or (
+    records: list[Record], max_turns: int | None, max_chars: int | None
+) -> list[Record]:
+    kept: list[Record] = []
+    chars = 0
+    for record in reversed(records):
+        size = len(record.prompt) + len(record.answer)
+        if (max_turns is not None and len(kept) >= max_turns) or (
             max_chars is not None and chars + size > max_chars
         ):
             break
-        kept[:0] = exchange
-        turns, chars, end = turns + 1, chars + size, start
-    return kept
+        kept.append(record)
+        chars += size
+    return kept[::-1]
 
 
-def _message_from_json(item: Any, index: int, source: str) -> Message:
-    where = f"{source}, message {index}"
-    if not isinstance(item, dict):
-        raise HistoryFileError(f"{where} must be an object, not {type(item).__name__}.")
-    role, content = item.get("role"), item.get("content")
-    if role not in ROLES:
-        raise HistoryFileError(f"{where} has role {role!r}; expected one of {', '.join(ROLES)}.")
-    if not isinstance(content, str):
-        raise HistoryFileError(f"{where} has no string 'content'.")
-    extra = {name: item.get(name) for name in ("model", "cell_id", "time")}
-    for name, value in extra.items():
-        if value is not None and not isinstance(value, str):
-            raise HistoryFileError(f"{where} has a {name!r} that is not a string.")
-    time = None
-    if extra["time"] is not None:
+def _records_of_messages(messages: Any, source: str) -> list[Record]:
+    """Exchanges from a list of messages: each user message and the answer after it."""
+    if not isinstance(messages, list):
+        raise HistoryFileError(
+            f"{source} must hold a list of messages, not {type(messages).__name__}."
+        )
+    records = []
+    question: dict[str, Any] | None = None
+    for index, item in enumerate(messages):
+        where = f"{source}, message {index}"
+        if not isinstance(item, dict):
+            raise HistoryFileError(f"{where} must be an object, not {type(item).__name__}.")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise HistoryFileError(
+                f"{where} has role {role!r}; expected one of {', '.join(ROLES)}."
+            )
+        if not isinstance(content, str):
+            raise HistoryFileError(f"{where} has no string 'content'.")
+        if role == "system":
+            raise HistoryFileError(
+                f"{where} is a system message; a conversation holds exchanges only. Give it "
+                "with -s or %config FlowGptMagics.system_message instead."
+            )
+        if (role == "user") != (question is None):
+            expected = "a user message" if question is None else "the answer to the one before"
+            article = "an" if role == "assistant" else "a"
+            raise HistoryFileError(f"{where} is {article} {role} message, where {expected} is due.")
+        if role == "user":
+            question = item
+            continue
+        assert question is not None
+        data = {**item, "prompt": question["content"], "answer": content}
+        data.setdefault("model", "")
+        data.setdefault("cell_id", question.get("cell_id"))
         try:
-            time = datetime.fromisoformat(extra["time"]).timestamp()
-        except ValueError:
-            raise HistoryFileError(f"{where} has a 'time' that is not an ISO 8601 time.") from None
-    return Message(role, content, extra["model"], extra["cell_id"], time)
+            records.append(Record.from_json({k: v for k, v in data.items() if k in _KEPT}))
+        except ValueError as error:
+            raise HistoryFileError(f"{where} {error}.") from None
+        question = None
+    if question is not None:
+        raise HistoryFileError(f"{source} ends with a question that has no answer.")
+    return records
 
 
-def _iso(time: float) -> str:
-    return datetime.fromtimestamp(time).astimezone().isoformat(timespec="seconds")
+#: What a message of a version-1 file may say of its exchange, beside its text.
+_KEPT = ("prompt", "answer", "model", "cell_id", "time")
+
+
+def exchanges(count: int) -> str:
+    return f"{count} exchange{'s' if count != 1 else ''}"

@@ -24,15 +24,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
+from .record import METADATA_KEY
+
 if TYPE_CHECKING:
     import asyncio
 
     from .providers.http import RetryNotice
+    from .record import Record
 
 #: The MIME type of a widget's view (ipywidgets' protocol version 2).
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-#: The key under which an answer's output carries its exchange (see --from-notebook).
-METADATA_KEY = "flowgpt_magic"
 #: Seconds from the request to the live view. An answer complete by then (a short one from
 #: a fast or local model) is shown once, finished, without the widgets, their messages and
 #: the updates a live view costs; one still coming shows what has come. So a first piece
@@ -67,10 +68,9 @@ class StreamView(Protocol):
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
 
-    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
-        """End the live view; ``text`` is everything that arrived (maybe a partial answer),
-        ``exchange`` what the static output carries as metadata, ``footer`` the line under
-        it (None: none)."""
+    def finish(self, record: Record, footer: bool) -> None:
+        """End the live view with the answer's record (its answer maybe partial), which
+        the static output carries as metadata; ``footer``: with its footer line under it."""
 
 
 class TextView:
@@ -94,11 +94,11 @@ class TextView:
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
-    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
+    def finish(self, record: Record, footer: bool) -> None:
         if self.pieces and not self.pieces[-1].endswith("\n"):
             self._stream.write("\n")
-        if footer is not None:
-            self._stream.write(f"({footer})\n")
+        if footer and record.answer:
+            self._stream.write(f"({record.footer()})\n")
         self._stream.flush()
 
 
@@ -188,13 +188,14 @@ class WidgetView:
         else:
             self._status.outputs = (_note(self._status_line),)
 
-    def finish(self, text: str, exchange: dict[str, Any], footer: str | None) -> None:
+    def finish(self, record: Record, footer: bool) -> None:
         if self._finished:
             return
         self._finished = True
         self._cancel_timer()
-        bundle = static_bundle(text, self._format, footer)
-        metadata = {METADATA_KEY: exchange}
+        text = record.answer
+        bundle = static_bundle(text, self._format, record.footer() if footer and text else None)
+        metadata = {METADATA_KEY: record.to_json()}
         if not self._live:
             # The answer came and went before the view was due: show it once, finished
             # (nothing, if nothing came: the error says why).
@@ -363,14 +364,6 @@ def static_bundle(text: str, answer_format: Format, footer: str | None = None) -
     return {"text/markdown": markdown, "text/plain": plain + plain_footer}
 
 
-def answer_in(output: dict[str, Any]) -> str | None:
-    """The answer an output of a finished answer carries in its record, or None."""
-    metadata = output.get("metadata")
-    record = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    answer = record.get("answer") if isinstance(record, dict) else None
-    return answer if isinstance(answer, str) else None
-
-
 def _closing_fence(text: str) -> str:
     """What closes a code block left open at the end of ``text`` (an answer cut short)."""
     blocks = MarkdownBlocks()
@@ -384,19 +377,6 @@ def _longest_run(text: str, char: str) -> int:
         run = run + 1 if c == char else 0
         longest = max(longest, run)
     return longest
-
-
-def footer_line(exchange: dict[str, Any]) -> str:
-    """Model, time to first piece, total time, pieces and characters of an answer."""
-    first = exchange["first_piece_seconds"]
-    parts = [
-        exchange["model"],
-        f"first piece in {first:.2f} s" if first is not None else "no piece",
-        f"{exchange['total_seconds']:.2f} s in all",
-        f"{exchange['pieces']:,} piece{'s' if exchange['pieces'] != 1 else ''}",
-        f"{exchange['characters']:,} characters",
-    ]
-    return " · ".join(parts)  # (an interrupted or failed answer has its own line below)
 
 
 def retry_line(notice: RetryNotice) -> str:

@@ -16,8 +16,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from .command import ChatRequest, Defaults, build_request
-from .conversation import Conversation
-from .display import FORMATS, Format, StreamView, code_of, footer_line, open_view
+from .conversation import Conversation, exchanges
+from .display import FORMATS, Format, StreamView, code_of, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
 from .loop import LoopRunner
 from .prompt import ErrorLog, expand
@@ -31,6 +31,7 @@ from .providers import (
 )
 from .providers.base import check_temperature
 from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, RetryNotice
+from .record import Outcome, Record
 
 
 @contextmanager
@@ -313,8 +314,9 @@ class FlowGptMagics(Magics):
             )
         answer_format: Format = args.format or self.answer_format
         view = open_view(self._use_widget(), f"Waiting for {request.model}…", answer_format)
-        text = self._stream(answer, view, request, answer_format)
-        self._record(request, text)
+        record = self._stream(answer, view, request, answer_format)
+        self._record(request, record)
+        text = record.answer
         kept = code_of(text)[0] if answer_format == "code" else text
         self._namespace["_flowgpt"] = kept
         if args.output:
@@ -342,7 +344,7 @@ class FlowGptMagics(Magics):
 
     def _stream(
         self, answer: AsyncResult, view: StreamView, request: ChatRequest, answer_format: Format
-    ) -> str:
+    ) -> Record:
         pieces = view.pieces
         started = time.monotonic()
         first_piece: float | None = None
@@ -364,7 +366,7 @@ class FlowGptMagics(Magics):
                     if batch.__class__ is list:
                         extend(batch)
 
-        outcome = "failed"
+        outcome: Outcome = "failed"
         try:
             self._runner.run(receive())
             outcome = "complete"
@@ -374,33 +376,26 @@ class FlowGptMagics(Magics):
         except FlowGptError as error:
             raise UsageError(str(error)) from None
         finally:
-            text = "".join(pieces)
-            # The exchange travels with the output, so that a saved notebook carries it
-            # (%flowgpt_history --from-notebook rebuilds the conversation from these), whole:
-            # a tool that reads the metadata need not take the answer out of the output.
-            exchange = {
-                "version": 1,
-                "prompt": request.prompt,
-                "answer": text,
-                "model": request.model,
-                "temperature": request.temperature,
-                "system": request.system,
-                "cell_id": self._cell_id,
-                "recorded": request.records,
-                "outcome": outcome,
-                "time": float(int(time.time())),
-                "first_piece_seconds": first_piece,
-                "total_seconds": time.monotonic() - started,
-                "pieces": len(pieces),
-                "characters": len(text),
-                "format": answer_format,
-            }
-            footer = footer_line(exchange) if self.footer and text else None
-            view.finish(text, exchange, footer)
-        return text
+            record = Record(
+                prompt=request.prompt,
+                answer="".join(pieces),
+                model=request.model,
+                temperature=request.temperature,
+                system=request.system,
+                cell_id=self._cell_id,
+                recorded=request.records,
+                outcome=outcome,
+                format=answer_format,
+                time=float(int(time.time())),  # (whole seconds, as it is saved)
+                first_piece_seconds=first_piece,
+                total_seconds=time.monotonic() - started,
+                pieces=len(pieces),
+            )
+            view.finish(record, self.footer)
+        return record
 
-    def _record(self, request: ChatRequest, answer: str) -> None:
-        if not answer:
+    def _record(self, request: ChatRequest, record: Record) -> None:
+        if not record.answer:
             raise UsageError(
                 "The server ended the answer without any text; nothing was added to the "
                 "conversation. Try again, or another model."
@@ -409,9 +404,7 @@ class FlowGptMagics(Magics):
             return
         if request.reset:
             self.conversation.reset()
-        self.conversation.add_exchange(
-            request.prompt, answer, request.model, self._cell_id, float(int(time.time()))
-        )
+        self.conversation.add(record)
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -487,19 +480,19 @@ class FlowGptMagics(Magics):
         conversation = self.conversation
         with _usage_errors():
             if args.reset:
-                removed = conversation.exchange_count
+                removed = len(conversation)
                 conversation.reset()
-                print(f"The conversation is empty now ({_exchanges(removed)} removed).")
+                print(f"The conversation is empty now ({exchanges(removed)} removed).")
             elif args.save:
                 path = conversation.save(args.save)
-                print(f"Saved {_exchanges(conversation.exchange_count)} to {path}.")
+                print(f"Saved {exchanges(len(conversation))} to {path}.")
             elif args.load:
                 loaded = Conversation.load(args.load)
                 conversation.replace_with(loaded)
-                print(f"Loaded {_exchanges(conversation.exchange_count)} from {args.load}.")
+                print(f"Loaded {exchanges(len(conversation))} from {args.load}.")
             elif args.pop:
                 removed = conversation.pop()
-                left = _exchanges(conversation.exchange_count)
+                left = exchanges(len(conversation))
                 print(
                     f"Removed the last exchange; {left} left." if removed else "Nothing to remove."
                 )
@@ -515,10 +508,6 @@ class FlowGptMagics(Magics):
                         "%flowgpt_history --from-notebook PATH."
                     )
                 conversation.replace_with(Conversation.from_notebook(notebook))
-                print(f"Rebuilt {_exchanges(conversation.exchange_count)} from {notebook}.")
+                print(f"Rebuilt {exchanges(len(conversation))} from {notebook}.")
             else:
                 print(conversation.transcript())
-
-
-def _exchanges(count: int) -> str:
-    return f"{count} exchange{'s' if count != 1 else ''}"

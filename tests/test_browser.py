@@ -22,7 +22,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from flowgpt_magic.display import answer_in
+from flowgpt_magic.record import record_in
 from flowgpt_magic.server import LocalServer, answer_pieces
 
 CHROMIUM = Path(os.environ.get("FLOWGPT_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -336,7 +336,7 @@ def test_a_saved_notebook_shows_its_answers_when_reopened(
     for outputs, answer in zip(saved_outputs(), expected, strict=True):
         # Static Markdown, not a widget view: readable without widget state, in any viewer.
         (saved,) = outputs
-        assert answer_in(saved) == answer
+        assert record_in(saved).answer == answer
         markdown, small = saved.data["text/markdown"].rsplit("\n\n", 1)
         footer = re.fullmatch(r"<small><i>(.*)</i></small>", small)
         assert markdown == answer and footer and FOOTER.fullmatch(footer[1])

@@ -19,7 +19,7 @@ def run(shell: InteractiveShell, prompt: str, cell_id: str | None) -> None:
 
 
 def prompts(magics: FlowGptMagics) -> list[str]:
-    return [m.content for m in magics.conversation if m.role == "user"]
+    return [record.prompt for record in magics.conversation]
 
 
 def test_running_a_cell_again_replaces_its_exchange_in_place(
@@ -64,8 +64,8 @@ def test_json_pop_and_files_keep_cells_and_times(
     capsys.readouterr()
     shell.run_line_magic("flowgpt_history", "--json")
     data = json.loads(capsys.readouterr().out)
-    assert [m.get("cell_id") for m in data["messages"]] == ["c1", "c1", "c2", "c2"]
-    assert "T" in data["messages"][1]["time"]  # ISO 8601
+    assert [exchange["cell_id"] for exchange in data["exchanges"]] == ["c1", "c2"]
+    assert "T" in data["exchanges"][1]["time"]  # ISO 8601
     saved = magics.conversation.save(tmp_path / "chat.json")
     assert list(Conversation.load(saved)) == list(magics.conversation)
     shell.run_line_magic("flowgpt_history", "--pop")
@@ -117,6 +117,7 @@ def test_only_complete_recorded_answers_come_back_from_a_notebook(
     finally:
         del shell.user_ns["__session__"]
     assert prompts(magics) == ["kept"]
-    assert list(magics.conversation)[1].content == "re: kept\nin two lines"
-    assert [m.cell_id for m in magics.conversation] == ["a", "a"]
+    (kept,) = magics.conversation
+    assert kept.answer == "re: kept\nin two lines"
+    assert kept.cell_id == "a"
     assert "Rebuilt 1 exchange from" in capsys.readouterr().out

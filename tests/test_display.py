@@ -9,14 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowgpt_magic.display import (
-    METADATA_KEY,
-    MarkdownBlocks,
-    answer_in,
-    code_of,
-    footer_line,
-    static_bundle,
-)
+from flowgpt_magic.display import MarkdownBlocks, code_of, static_bundle
 
 ANSWER = """\
 # Reading a file
@@ -132,29 +125,3 @@ def test_the_footer_goes_under_the_answer_in_every_format() -> None:
     assert static_bundle("hi", "text", "m") == {"text/plain": "hi\n\n(m)"}
     assert static_bundle("x = 1", "code", "m")["text/plain"] == "x = 1\n\n(m)"
     assert static_bundle("", "markdown", "m") == {"text/plain": ""}
-
-
-def test_the_answer_comes_back_from_its_record() -> None:
-    output = {"data": {"text/plain": "x"}, "metadata": {METADATA_KEY: {"answer": "An answer"}}}
-    assert answer_in(output) == "An answer"
-    assert answer_in({"data": {"text/plain": "x"}, "metadata": {}}) is None
-    assert answer_in({"metadata": {METADATA_KEY: {"answer": 3}}}) is None
-    assert answer_in({"metadata": None}) is None
-
-
-def test_the_footer_names_the_model_and_the_timings() -> None:
-    exchange = {
-        "model": "gpt-4o-mini",
-        "first_piece_seconds": 0.2149,
-        "total_seconds": 3.4,
-        "pieces": 1412,
-        "characters": 12315,
-        "outcome": "complete",
-    }
-    assert footer_line(exchange) == (
-        "gpt-4o-mini · first piece in 0.21 s · 3.40 s in all · 1,412 pieces · 12,315 characters"
-    )
-    exchange |= {"first_piece_seconds": 0.0, "pieces": 1, "characters": 3}
-    assert footer_line(exchange).endswith(
-        "first piece in 0.00 s · 3.40 s in all · 1 piece · 3 characters"
-    )

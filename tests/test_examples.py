@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flowgpt_magic.display import answer_in
+from flowgpt_magic.record import record_in
 from flowgpt_magic.server import LocalServer, answer_pieces
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -86,7 +86,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(flowgpt_server: LocalServer)
 
     bodies = [request.body for request in flowgpt_server.state.requests]
     answers = {
-        cell.source.split("\n", 1)[1]: answer_in(cell.outputs[0])
+        cell.source.split("\n", 1)[1]: record_in(cell.outputs[0]).answer
         for cell in nb.cells
         if cell.cell_type == "code" and cell.source.startswith("%%flowgpt")
     }

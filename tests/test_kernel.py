@@ -16,7 +16,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
-from flowgpt_magic.display import answer_in
+from flowgpt_magic.record import record_in
 from flowgpt_magic.server import LocalServer, answer_pieces, offline_answer
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -71,7 +71,7 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
         (output,) = cell.outputs
         assert output.output_type == "display_data"
         answer = offline_answer(body)
-        assert output.metadata["flowgpt_magic"]["answer"] == answer_in(output) == answer
+        assert output.metadata["flowgpt_magic"]["answer"] == record_in(output).answer == answer
         footer = output.data["text/plain"].removeprefix(f"{answer}\n\n")
         assert footer.startswith(f"({body['model']} · first piece in ")
         assert footer.endswith(f" · {len(answer):,} characters)")
@@ -201,7 +201,7 @@ def test_an_answer_complete_before_the_live_view_is_due_is_shown_once(
     assert not run.of_type("comm_open", "comm_msg", "stream", "update_display_data")
     (output,) = run.of_type("display_data")
     assert output["content"]["data"]["text/markdown"].startswith(f"{answer}\n\n<small><i>")
-    assert answer_in(output["content"]) == answer
+    assert record_in(output["content"]).answer == answer
 
 
 SECTION = (
@@ -264,7 +264,7 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     assert "Interrupted after" in error["content"]["traceback"][0]
     (update,) = rest.of_type("update_display_data")
     record = update["content"]["metadata"]["flowgpt_magic"]
-    partial = answer_in(update["content"])
+    partial = record_in(update["content"]).answer
     assert partial is not None
     assert record["outcome"] == "interrupted"
     plain = update["content"]["data"]["text/plain"]
@@ -336,7 +336,7 @@ def test_a_notebook_cell_run_twice_leaves_one_exchange(
     run = finish(kc, kc.execute("%flowgpt_history --json"))
     text = "".join(m["content"]["text"] for m in run.of_type("stream"))
     history = json.loads(text)
-    assert [(m["content"], m["cell_id"]) for m in history["messages"] if m["role"] == "user"] == [
+    assert [(e["prompt"], e["cell_id"]) for e in history["exchanges"]] == [
         ("Second try", "cell-7"),
         ("Another cell", "cell-8"),
     ]
@@ -370,7 +370,7 @@ def test_saved_answers_carry_their_exchange_and_outlive_the_kernel(
         nb.cells[2]
         .outputs[0]
         .data["text/plain"]
-        .startswith(f"{answer_in(nb.cells[2].outputs[0])}\n\n(")
+        .startswith(f"{record_in(nb.cells[2].outputs[0]).answer}\n\n(")
     )
     assert record["pieces"] > 10 and 0 <= record["first_piece_seconds"] <= record["total_seconds"]
 

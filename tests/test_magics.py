@@ -73,7 +73,7 @@ def test_no_history_sends_no_context_and_records_nothing(
     ask(shell, "Remember me")
     ask(shell, "Aside", "--no-history")
     assert flowgpt_server.state.requests[1].body["history"] == [GREETING]
-    assert [m.content for m in magics.conversation if m.role == "user"] == ["Remember me"]
+    assert [record.prompt for record in magics.conversation] == ["Remember me"]
 
 
 def test_reset_starts_a_new_conversation_with_this_cell(
@@ -142,7 +142,7 @@ def test_code_format_keeps_the_code_and_the_history_keeps_the_answer(
     answer = "Like this:\n\n```python\nx = {'a': 1}\n```\n\nand then\n```\nprint(x)\n```"
     assert ask(shell, f"/echo\n{answer}", "-f code -o snippet") is None
     assert shell.user_ns["snippet"] == shell.user_ns["_flowgpt"] == "x = {'a': 1}\n\nprint(x)"
-    assert list(magics.conversation)[-1].content == answer
+    assert list(magics.conversation)[-1].answer == answer
     assert answer in capsys.readouterr().out  # a terminal shows the answer as it streams
 
 
@@ -205,7 +205,7 @@ def test_interrupt_keeps_the_partial_answer_and_records_nothing(
     flowgpt_server.state.options.min_pieces = 0
     assert ask(shell, "Short one, please") is None
     assert history_sent(flowgpt_server) == []
-    assert len(magics.conversation) == 2
+    assert len(magics.conversation) == 1
 
 
 # -- %flowgpt_model -----------------------------------------------------------------------
@@ -255,12 +255,12 @@ def test_history_shows_resets_saves_and_loads(
 
     path = tmp_path / "my chat.json"
     shell.run_line_magic("flowgpt_history", f'--save "{path}"')
-    assert json.loads(path.read_text())["messages"][0]["content"] == "First question"
+    assert json.loads(path.read_text())["exchanges"][0]["prompt"] == "First question"
 
     shell.run_line_magic("flowgpt_history", "--reset")
     assert len(magics.conversation) == 0
     shell.run_line_magic("flowgpt_history", f"--load '{path}'")
-    assert next(iter(magics.conversation)).content == "First question"
+    assert next(iter(magics.conversation)).prompt == "First question"
     assert "Loaded 1 exchange from" in capsys.readouterr().out
 
 

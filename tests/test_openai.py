@@ -290,7 +290,7 @@ def test_a_cell_can_name_the_provider(
     ]
     assert flowgpt_2.body["model"] == "google-gemini"
     assert len(flowgpt_2.body["history"]) == 5
-    assert [m.model for m in magics.conversation if m.role == "assistant"] == [
+    assert [record.model for record in magics.conversation] == [
         "gpt-3.5-turbo",
         "openai:llama3.2",
         "google-gemini",

@@ -436,11 +436,11 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
 # -- boundaries ---------------------------------------------------------------------------
 
 
-def test_the_providers_import_nothing_from_ipython() -> None:
+def test_providers_and_the_conversation_import_nothing_of_ipython_or_the_display() -> None:
     code = (
-        "import sys, flowgpt_magic.providers; "
-        "roots = {m.split('.')[0] for m in sys.modules}; "
-        "print(sorted(roots & {'IPython', 'ipywidgets', 'aiohttp'}))"
+        "import sys, flowgpt_magic.providers, flowgpt_magic.conversation; "
+        "names = {m.split('.')[0] for m in sys.modules} | set(sys.modules); "
+        "print(sorted(names & {'IPython', 'ipywidgets', 'aiohttp', 'flowgpt_magic.display'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # aiohttp too: it is imported on the first request, not when the extension loads.

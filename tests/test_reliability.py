@@ -184,7 +184,7 @@ def test_each_fault_row(
     out, err = capsys.readouterr()
     assert len(flowgpt_server.state.requests) == 1 + requests
     if pieces_kept < 0:  # the fault is survived: a normal answer
-        assert error is None and len(quick.conversation) == len(before) + 2
+        assert error is None and len(quick.conversation) == len(before) + 1
         return
     assert isinstance(error, UsageError)
     assert words in str(error) and "\n" not in str(error)

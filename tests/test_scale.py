@@ -15,14 +15,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from flowgpt_magic import FlowGpt
 from flowgpt_magic.conversation import Conversation
 from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.record import Record
 from flowgpt_magic.server import LocalServer, answer_pieces
 
 
 def filled(turns: int, size: int = 10) -> Conversation:
-    conversation = Conversation()
-    for index in range(turns):
-        conversation.add_exchange(f"q{index}".ljust(size), f"a{index}".ljust(size), "m")
-    return conversation
+    return Conversation(
+        Record(f"q{index}".ljust(size), f"a{index}".ljust(size), "m") for index in range(turns)
+    )
 
 
 def test_context_can_be_capped_by_turns_or_characters() -> None:
@@ -33,7 +33,7 @@ def test_context_can_be_capped_by_turns_or_characters() -> None:
     # 20 characters an exchange: 45 characters hold two whole exchanges.
     assert conversation.wire_messages(max_chars=45)[0]["content"].strip() == "q3"
     assert conversation.wire_messages(max_chars=5) == []
-    assert len(conversation) == 10  # the conversation itself keeps everything
+    assert len(conversation) == 5  # the conversation itself keeps everything
 
 
 def test_the_magic_sends_only_the_capped_context(
@@ -45,7 +45,7 @@ def test_the_magic_sends_only_the_capped_context(
     shell.run_cell("%%flowgpt\nWith one exchange of context")
     history = flowgpt_server.state.requests[-1].body["history"][1:]
     assert [m["content"] for m in history if m["role"] == "user"] == ["Question 3"]
-    assert magics.conversation.exchange_count == 5
+    assert len(magics.conversation) == 5
 
 
 def test_a_prompt_of_several_mebibytes_is_sent(
@@ -119,16 +119,22 @@ def test_a_thousand_cells_hold_no_more_than_their_history(
         grown = tracemalloc.get_traced_memory()[0] - start
         tracemalloc.stop()
     added = list(magics.conversation)[kept_before:]
-    # What the history itself holds for those exchanges: messages, their text, their times,
+    # What the history itself holds for those exchanges: records, their texts and numbers,
     # and the list's pointers. Everything else would be a leak that grows with the cells.
     history = sum(
-        sys.getsizeof(m) + sys.getsizeof(m.content) + (sys.getsizeof(m.time) if m.time else 0)
-        for m in added
+        sys.getsizeof(record) + sum(sys.getsizeof(value) for value in _own(record))
+        for record in added
     ) + 8 * len(added)
-    text = sum(len(m.content) for m in added)
-    assert magics.conversation.exchange_count == 1000
+    text = sum(len(record.prompt) + len(record.answer) for record in added)
+    assert len(magics.conversation) == 1000
     assert caught == []
     assert grown < history * 1.1 + 64 * 1024, f"{grown} bytes grown; the history holds {history}"
     # With these short turns (an 8-character question) the objects weigh about as much as
     # the text; with realistic ones, far less (benchmarks/bench_history.py: 1.16x).
     assert history < 2.1 * text
+
+
+def _own(record: Record) -> list[object]:
+    """The values a record made for itself (not shared constants: None, True, short names)."""
+    mine = (record.prompt, record.answer, record.time, record.first_piece_seconds)
+    return [value for value in (*mine, record.total_seconds) if value is not None]

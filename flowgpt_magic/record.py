@@ -1,0 +1,171 @@
+"""One exchange, typed: what was asked, what came back and how; its footer; its saved form.
+
+A :class:`Record` is made when an answer ends (complete, interrupted or failed). It goes
+into the conversation when it is complete, and with the answer's output into the notebook,
+as metadata under ``flowgpt_magic``, so that a saved notebook carries its conversation
+(``%flowgpt_history --from-notebook``). This module is the one writer of that metadata
+(``to_json``) and its one reader (``from_json``, ``record_in``): version 2, and version 1,
+written before records were typed, still read.
+
+No IPython and no display here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from .providers.events import Usage
+
+#: The key under which an answer's output carries its record.
+METADATA_KEY = "flowgpt_magic"
+VERSION = 2
+Outcome = Literal["complete", "interrupted", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("complete", "interrupted", "failed")
+
+
+class Record(NamedTuple):
+    """One exchange. (A NamedTuple: see ``providers/http.py`` on small records.)"""
+
+    prompt: str
+    #: Everything that arrived of the answer's text (part of it, if it did not complete).
+    answer: str
+    #: The model asked, as an id (``openai:gpt-4o-mini``; FlowGPT's bare).
+    model: str
+    #: The model the server says answered, when it says.
+    served_by: str | None = None
+    temperature: float | None = None
+    system: str | None = None
+    #: What the model said while reasoning, apart from the answer; never sent as context.
+    reasoning: str = ""
+    usage: Usage | None = None
+    #: Why the model stopped (``stop``, ``length``...), when the server says.
+    finish_reason: str | None = None
+    #: The notebook cell it came from, when the frontend says (JupyterLab does).
+    cell_id: str | None = None
+    #: Whether a complete answer joins the conversation (not with --no-history).
+    recorded: bool = True
+    outcome: Outcome = "complete"
+    #: How the answer is shown: markdown, text or code.
+    format: str = "markdown"
+    #: When the answer ended (Unix time).
+    time: float | None = None
+    first_piece_seconds: float | None = None
+    total_seconds: float | None = None
+    pieces: int = 0
+
+    @property
+    def in_conversation(self) -> bool:
+        """Whether this exchange belongs in the conversation: complete, and recorded."""
+        return self.outcome == "complete" and self.recorded
+
+    def wire_messages(self) -> list[dict[str, str]]:
+        """The exchange as context: the prompt and the answer (never the reasoning)."""
+        return [
+            {"role": "user", "content": self.prompt},
+            {"role": "assistant", "content": self.answer},
+        ]
+
+    def footer(self) -> str:
+        """The line under an answer: model, time to the first piece, total time, size."""
+        first = self.first_piece_seconds
+        parts = [
+            self.model,
+            f"first piece in {first:.2f} s" if first is not None else "no piece",
+            f"{self.total_seconds or 0.0:.2f} s in all",
+            f"{self.pieces:,} piece{'s' if self.pieces != 1 else ''}",
+            f"{len(self.answer):,} characters",
+        ]
+        return " · ".join(parts)  # (an interrupted or failed answer has its own line below)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON: what an output's metadata and a saved conversation hold."""
+        data: dict[str, Any] = {"version": VERSION, **self._asdict()}
+        data["usage"] = None if self.usage is None else self.usage._asdict()
+        data["time"] = None if self.time is None else iso_time(self.time)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Record:
+        """A record from its JSON (version 1 or 2); ``ValueError`` says what is wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"is {type(data).__name__}, not an object")
+        if data.get("version", 1) not in (1, VERSION):
+            raise ValueError(
+                f"has version {data.get('version')!r}; this flowgpt-magic reads versions 1 "
+                f"and {VERSION}. Upgrade flowgpt-magic to read it"
+            )
+        fields: dict[str, Any] = {}
+        for name, kinds in _KINDS.items():
+            value = data.get(name)
+            if value is not None and not isinstance(value, kinds):
+                raise ValueError(f"has a {name!r} that is {type(value).__name__}")
+            if value is not None:
+                fields[name] = value
+        for name in ("prompt", "answer", "model"):
+            if name not in fields:
+                raise ValueError(f"has no string {name!r}")
+        if fields.get("outcome", "complete") not in OUTCOMES:
+            raise ValueError(f"has the outcome {fields['outcome']!r}")
+        if isinstance(fields.get("time"), str):
+            try:
+                fields["time"] = datetime.fromisoformat(fields["time"]).timestamp()
+            except ValueError:
+                raise ValueError("has a 'time' that is not an ISO 8601 time") from None
+        if "usage" in fields:
+            fields["usage"] = _usage(fields["usage"])
+        return cls(**fields)
+
+
+_NUMBER = (int, float)
+#: What each field of a record's JSON may hold (besides null). Version 1 wrote a time as a
+#: number, version 2 as an ISO 8601 string.
+_KINDS: dict[str, type | tuple[type, ...]] = {
+    "prompt": str,
+    "answer": str,
+    "model": str,
+    "served_by": str,
+    "temperature": _NUMBER,
+    "system": str,
+    "reasoning": str,
+    "usage": dict,
+    "finish_reason": str,
+    "cell_id": str,
+    "recorded": bool,
+    "outcome": str,
+    "format": str,
+    "time": (*_NUMBER, str),
+    "first_piece_seconds": _NUMBER,
+    "total_seconds": _NUMBER,
+    "pieces": int,
+}
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    def number(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = data.get(name)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    return Usage(
+        number("input_tokens", int),
+        number("output_tokens", int),
+        number("reasoning_tokens", int),
+        number("cost", _NUMBER),
+    )
+
+
+def record_in(output: Any) -> Record | None:
+    """The record a notebook output carries, or None (not an answer's, or malformed)."""
+    metadata = output.get("metadata") if isinstance(output, Mapping) else None
+    data = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
+    if data is None:
+        return None
+    try:
+        return Record.from_json(data)
+    except ValueError:
+        return None
+
+
+def iso_time(time: float) -> str:
+    return datetime.fromtimestamp(time).astimezone().isoformat(timespec="seconds")
