@@ -18,7 +18,7 @@ from typing import Any
 
 from common import goal_lines
 
-from flowgpt_magic.command import ChatRequest
+from flowgpt_magic.command import Settings, build_request
 from flowgpt_magic.conversation import Conversation
 from flowgpt_magic.providers.flowgpt import build_body
 from flowgpt_magic.record import Record
@@ -48,7 +48,9 @@ def history_memory() -> dict[str, float]:
 
 def request_seconds(repeats: int = 15) -> dict[int, float]:
     """Best time to build a request, for each history size, the sizes interleaved."""
-    request = ChatRequest("Next?", "gpt-3.5-turbo", 0.7, None, use_history=True, reset=False)
+    request = build_request(
+        "Next?", Settings("gpt-3.5-turbo", 0.7, None, "markdown"), namespace=None
+    )
     conversations = {turns: Conversation() for turns in SIZES}
     for turns, conversation in conversations.items():
         for index in range(turns):
@@ -57,7 +59,8 @@ def request_seconds(repeats: int = 15) -> dict[int, float]:
     for _ in range(repeats):
         for turns, conversation in conversations.items():
             start = time.perf_counter()
-            body = build_body(request.model, request.messages(conversation.wire_messages()), 0.7)
+            messages = request.messages(conversation.wire_messages())
+            body = build_body(request.ref.model, messages, 0.7)
             json.dumps(body)
             best[turns] = min(best[turns], time.perf_counter() - start)
     return best

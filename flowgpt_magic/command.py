@@ -1,30 +1,63 @@
-"""Turns a ``%%flowgpt`` cell (its options and body) into a frozen, validated request."""
+"""A ``%%flowgpt`` cell (its options and body) and the notebook's settings, made into one
+frozen, checked request: everything needed to send it. Nothing is sent before this."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from .exceptions import InvalidRequestError
-from .providers import resolve_model
+from .prompt import expand
+from .providers import ModelRef, ProviderEntry, resolve_model
 from .providers.base import check_temperature
+from .providers.http import Delivery
+from .record import Format
 
 
-class Defaults(NamedTuple):
+class Settings(NamedTuple):
     """The notebook's settings a cell falls back on."""
 
     model: str
-    temperature: float
+    temperature: float | None
     system: str | None
+    answer_format: Format
+    #: Send at most this many recent exchanges, or characters of them (None: no limit).
+    context_turns: int | None = None
+    context_chars: int | None = None
+    #: Timeouts and retries.
+    delivery: Delivery = Delivery()
+    proxy: str | None = None
+    #: Each provider's own options, by provider name (its endpoint, its key).
+    provider_options: Mapping[str, Mapping[str, Any]] = {}
+
+    def options_for(self, entry: ProviderEntry) -> dict[str, Any]:
+        """The keyword options ``entry``'s provider is called with (besides delivery)."""
+        return {"proxy": self.proxy, **self.provider_options.get(entry.name, {})}
 
 
 class ChatRequest(NamedTuple):
     prompt: str
-    model: str
-    temperature: float
+    ref: ModelRef
+    temperature: float | None
     system: str | None
     use_history: bool
     reset: bool
+    format: Format
+    cell_id: str | None
+    context_turns: int | None
+    context_chars: int | None
+    delivery: Delivery
+    #: The provider's keyword options: the proxy, its endpoint and key.
+    options: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        # Not the options (a key, a proxy's password) nor the prompt (it may be long).
+        return f"ChatRequest(model={self.model!r}, prompt={len(self.prompt):,} characters)"
+
+    @property
+    def model(self) -> str:
+        """The model's id, as the conversation and the footer name it."""
+        return self.ref.id
 
     @property
     def sends_history(self) -> bool:
@@ -46,16 +79,20 @@ class ChatRequest(NamedTuple):
 
 def build_request(
     cell: str,
-    defaults: Defaults,
+    settings: Settings,
     *,
+    namespace: Mapping[str, Any] | None,
     model: str | None = None,
     temperature: str | None = None,
     system: str | None = None,
     no_history: bool = False,
     reset: bool = False,
+    answer_format: Format | None = None,
+    cell_id: str | None = None,
 ) -> ChatRequest:
-    """Validate a cell's options against the notebook's defaults; nothing is sent before this."""
-    prompt = cell.strip()
+    """Check a cell's options against the notebook's settings, and fill in the prompt's
+    ``{name}`` forms from ``namespace`` (None: the cell as written)."""
+    prompt = (cell if namespace is None else expand(cell, namespace)).strip()
     if not prompt:
         raise InvalidRequestError(
             "The cell has no prompt: write your question in the cell body, below %%flowgpt."
@@ -65,15 +102,22 @@ def build_request(
             "--no-history and --reset contradict each other: --no-history leaves the "
             "conversation alone, --reset starts a new one with this cell. Choose one."
         )
+    ref = resolve_model(model or settings.model)
     return ChatRequest(
         prompt=prompt,
-        model=resolve_model(model).id if model else defaults.model,
+        ref=ref,
         temperature=(
-            parse_temperature(temperature) if temperature is not None else defaults.temperature
+            parse_temperature(temperature) if temperature is not None else settings.temperature
         ),
-        system=system if system is not None else defaults.system,
+        system=system if system is not None else settings.system,
         use_history=not no_history,
         reset=reset,
+        format=answer_format or settings.answer_format,
+        cell_id=cell_id,
+        context_turns=settings.context_turns,
+        context_chars=settings.context_chars,
+        delivery=settings.delivery,
+        options=settings.options_for(ref.entry),
     )
 
 

@@ -22,13 +22,14 @@ widgets are closed.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .record import METADATA_KEY
+from .record import METADATA_KEY, Format
 
 if TYPE_CHECKING:
     import asyncio
 
+    from .chat import View
     from .providers.http import RetryNotice
     from .record import Record
 
@@ -48,36 +49,13 @@ FLUSH_INTERVAL = 1 / 15
 #: long paragraph or code block is not sent and rendered again whole on every update.
 TAIL_LIMIT = 4_000
 
-Format = Literal["markdown", "text", "code"]
-FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
-
-
-class StreamView(Protocol):
-    #: Every piece so far.
-    pieces: list[str]
-
-    def begin(self) -> None:
-        """The request is going out (called in the loop that runs it)."""
-
-    def extend(self, pieces: list[str]) -> None:
-        """Append pieces (and maybe show them at once, as a terminal does)."""
-
-    def started(self) -> None:
-        """The first piece has been added: show it now, and the rest as it comes."""
-
-    def retrying(self, notice: RetryNotice) -> None:
-        """Say that the request failed and is about to be tried again."""
-
-    def finish(self, record: Record, footer: bool) -> None:
-        """End the live view with the answer's record (its answer maybe partial), which
-        the static output carries as metadata; ``footer``: with its footer line under it."""
-
 
 class TextView:
     """Pieces go straight to a text stream as they arrive: terminal IPython, plain mode."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, footer: bool = True, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
+        self._footer = footer
         self.pieces: list[str] = []
 
     def begin(self) -> None:
@@ -94,10 +72,10 @@ class TextView:
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
-    def finish(self, record: Record, footer: bool) -> None:
+    def finish(self, record: Record) -> None:
         if self.pieces and not self.pieces[-1].endswith("\n"):
             self._stream.write("\n")
-        if footer and record.answer:
+        if self._footer and record.answer:
             self._stream.write(f"({record.footer()})\n")
         self._stream.flush()
 
@@ -107,12 +85,13 @@ class WidgetView:
     it, in one box, shown ``SHOW_AFTER`` seconds after the request goes out; replaced by
     one static output when the answer ends."""
 
-    def __init__(self, waiting: str, answer_format: Format) -> None:
+    def __init__(self, waiting: str, answer_format: Format, footer: bool = True) -> None:
         import ipywidgets  # here, so that a broken install fails before the request
 
         self._widgets = ipywidgets
         self._waiting = self._status_line = waiting
         self._format = answer_format
+        self._footer = footer
         self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
         self.pieces: list[str] = []
         self.extend = self.pieces.extend
@@ -188,13 +167,14 @@ class WidgetView:
         else:
             self._status.outputs = (_note(self._status_line),)
 
-    def finish(self, record: Record, footer: bool) -> None:
+    def finish(self, record: Record) -> None:
         if self._finished:
             return
         self._finished = True
         self._cancel_timer()
         text = record.answer
-        bundle = static_bundle(text, self._format, record.footer() if footer and text else None)
+        footer = record.footer() if self._footer and text else None
+        bundle = static_bundle(text, self._format, footer)
         metadata = {METADATA_KEY: record.to_json()}
         if not self._live:
             # The answer came and went before the view was due: show it once, finished
@@ -433,5 +413,8 @@ def _current_msg_id() -> str:
     return str(parent["header"]["msg_id"])
 
 
-def open_view(use_widget: bool, waiting: str, answer_format: Format) -> StreamView:
-    return WidgetView(waiting, answer_format) if use_widget else TextView()
+def open_view(use_widget: bool, waiting: str, answer_format: Format, footer: bool) -> View:
+    """The view for an answer: output widgets (Jupyter), or plain text (a terminal)."""
+    if use_widget:
+        return WidgetView(waiting, answer_format, footer)
+    return TextView(footer)

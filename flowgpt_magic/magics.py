@@ -1,13 +1,13 @@
-"""The IPython magics: parse the options, build a request, stream the answer, record it."""
+"""The IPython magics: settings, and options parsed into a request that the chat asks;
+the answer is kept in variables. Everything else is the chat's (``chat.py``)."""
 
 from __future__ import annotations
 
 import keyword
 import shlex
-import time
 from collections import ChainMap
 from collections.abc import Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,23 +15,16 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
-from .command import ChatRequest, Defaults, build_request
+from .chat import Chat
+from .command import Settings, build_request
 from .conversation import Conversation, exchanges
-from .display import FORMATS, Format, StreamView, code_of, open_view
+from .display import code_of, open_view
 from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
-from .loop import LoopRunner
-from .prompt import ErrorLog, expand
-from .providers import (
-    PROVIDERS,
-    AsyncResult,
-    FlowGpt,
-    ProviderEntry,
-    ProviderSettings,
-    resolve_model,
-)
+from .prompt import ErrorLog
+from .providers import PROVIDERS, FlowGpt, ProviderEntry, ProviderSettings, resolve_model
 from .providers.base import check_temperature
-from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, RetryNotice
-from .record import Outcome, Record
+from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery
+from .record import FORMATS
 
 
 @contextmanager
@@ -39,6 +32,8 @@ def _usage_errors() -> Iterator[None]:
     """Show our own errors as IPython's one-line UsageError, never as a traceback."""
     try:
         yield
+    except AnswerInterrupted:
+        raise  # (shown as its own one-line mark)
     except FlowGptError as error:
         raise UsageError(str(error)) from None
 
@@ -134,12 +129,9 @@ class FlowGptMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.conversation = Conversation()
+        self.chat = Chat()
         self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
         self._cell_id: str | None = None  # the running cell's id, when the frontend says
-        self._runner = LoopRunner()
-        self._session: Any = None  # aiohttp.ClientSession, made on first use
-        self._session_loop: Any = None
         # Each provider's own settings, configurable like ours: %config OpenAI.base_url = ...
         self.provider_settings: dict[str, Any] = {
             entry.name: entry.settings(parent=shell)
@@ -181,29 +173,15 @@ class FlowGptMagics(Magics):
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             self.errors.record(result.execution_count, text)
 
+    @property
+    def conversation(self) -> Conversation:
+        return self.chat.conversation
+
     def close(self) -> None:
         if self.shell is not None:
             self.shell.events.unregister("post_run_cell", self._remember_error)
             self.shell.events.unregister("pre_run_cell", self._note_cell)
-        if self._session is not None and not self._session.closed:
-            self._runner.run(self._session.close())
-        self._runner.close()
-
-    def _http_session(self) -> Any:
-        """One aiohttp session for every cell, so connections are reused between cells.
-
-        It belongs to the loop that runs the cells, and is made anew if that changes.
-        """
-        loop = self._runner.loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-
-            async def new_session() -> Any:
-                import aiohttp
-
-                return aiohttp.ClientSession()
-
-            self._session, self._session_loop = self._runner.run(new_session()), loop
-        return self._session
+        self.chat.close()
 
     @property
     def _namespace(self) -> dict[str, Any]:
@@ -219,6 +197,25 @@ class FlowGptMagics(Magics):
     def _settings_of(self, entry: ProviderEntry) -> ProviderSettings:
         settings: ProviderSettings = self.provider_settings.get(entry.name, self)
         return settings
+
+    def settings(self) -> Settings:
+        """What a cell falls back on, as the settings stand now."""
+        return Settings(
+            model=self.default_model,
+            temperature=self.temperature,
+            system=self.system_message,
+            answer_format=self.answer_format,
+            context_turns=self.history_turns,
+            context_chars=self.history_chars,
+            delivery=Delivery(
+                self.timeout, self.first_piece_timeout, self.connect_timeout, self.retries
+            ),
+            proxy=self.proxy,
+            provider_options={
+                entry.name: self._settings_of(entry).request_options()
+                for entry in PROVIDERS.values()
+            },
+        )
 
     # -- %%flowgpt ---------------------------------------------------------------------
 
@@ -272,139 +269,30 @@ class FlowGptMagics(Magics):
             raise UsageError(
                 f"-o needs a variable name to store the answer in, not {args.output!r}."
             )
-        view: StreamView | None = None
-
-        def retrying(notice: RetryNotice) -> None:
-            if view is not None:
-                view.retrying(notice)
-
         with _usage_errors():
-            if not args.raw:
-                cell = expand(cell, ChainMap({"Err": self.errors}, self._namespace))
             request = build_request(
                 cell,
-                Defaults(self.default_model, self.temperature, self.system_message),
+                self.settings(),
+                namespace=None if args.raw else ChainMap({"Err": self.errors}, self._namespace),
                 model=args.model,
                 temperature=args.temperature,
                 system=args.system,
                 no_history=args.no_history,
                 reset=args.reset,
-            )
-            ref = resolve_model(request.model)
-            messages = request.messages(
-                self.conversation.wire_messages(
-                    self.history_turns, self.history_chars, excluding_cell=self._cell_id
-                )
+                answer_format=args.format,
+                cell_id=self._cell_id,
             )
             if args.dry_run:
-                print(self._dry_run(request, ref, messages))
+                print(self.chat.dry_run(request))
                 return
-            answer = ref.entry.provider.create_async_generator(
-                ref.model,
-                messages,
-                proxy=self.proxy,
-                temperature=request.temperature,
-                timeout=self.timeout,
-                first_piece_timeout=self.first_piece_timeout,
-                connect_timeout=self.connect_timeout,
-                retries=self.retries,
-                on_retry=retrying,
-                session=self._http_session(),
-                **self._settings_of(ref.entry).request_options(),
+            view = open_view(
+                self._use_widget(), f"Waiting for {request.model}…", request.format, self.footer
             )
-        answer_format: Format = args.format or self.answer_format
-        view = open_view(self._use_widget(), f"Waiting for {request.model}…", answer_format)
-        record = self._stream(answer, view, request, answer_format)
-        self._record(request, record)
-        text = record.answer
-        kept = code_of(text)[0] if answer_format == "code" else text
+            record = self.chat.ask(request, view)
+        kept = code_of(record.answer)[0] if request.format == "code" else record.answer
         self._namespace["_flowgpt"] = kept
         if args.output:
             self._namespace[args.output] = kept
-
-    def _dry_run(self, request: ChatRequest, ref: Any, messages: list[dict[str, str]]) -> str:
-        options = self._settings_of(ref.entry).request_options()
-        context = messages[:-1]
-        system = [m for m in context if m["role"] == "system"]
-        history = [m for m in context if m["role"] != "system"]
-        system_text = "\n".join(m["content"] for m in system) or "(the provider's own)"
-        return "\n".join(
-            [
-                "Dry run: nothing was sent.",
-                f"model:          {request.model}",
-                f"endpoint:       {redact_url(ref.entry.provider.endpoint(**options))}",
-                f"temperature:    {request.temperature:g}",
-                f"system message: {system_text}",
-                f"context:        {len(history)} messages, "
-                f"{sum(len(m['content']) for m in history):,} characters",
-                f"prompt ({len(request.prompt):,} characters):",
-                *("    " + line for line in request.prompt.splitlines()),
-            ]
-        )
-
-    def _stream(
-        self, answer: AsyncResult, view: StreamView, request: ChatRequest, answer_format: Format
-    ) -> Record:
-        pieces = view.pieces
-        started = time.monotonic()
-        first_piece: float | None = None
-
-        async def receive() -> None:
-            nonlocal first_piece
-            extend = view.extend
-            view.begin()
-            async with aclosing(answer):
-                batches = answer.batches()  # a list of pieces a read: no step per piece
-                async for batch in batches:
-                    if batch.__class__ is list:
-                        first_piece = time.monotonic() - started
-                        extend(batch)
-                        view.started()
-                        break
-                # The hot loop: the view shows the pieces on its own clock.
-                async for batch in batches:
-                    if batch.__class__ is list:
-                        extend(batch)
-
-        outcome: Outcome = "failed"
-        try:
-            self._runner.run(receive())
-            outcome = "complete"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise AnswerInterrupted(sum(map(len, pieces))) from None
-        except FlowGptError as error:
-            raise UsageError(str(error)) from None
-        finally:
-            record = Record(
-                prompt=request.prompt,
-                answer="".join(pieces),
-                model=request.model,
-                temperature=request.temperature,
-                system=request.system,
-                cell_id=self._cell_id,
-                recorded=request.records,
-                outcome=outcome,
-                format=answer_format,
-                time=float(int(time.time())),  # (whole seconds, as it is saved)
-                first_piece_seconds=first_piece,
-                total_seconds=time.monotonic() - started,
-                pieces=len(pieces),
-            )
-            view.finish(record, self.footer)
-        return record
-
-    def _record(self, request: ChatRequest, record: Record) -> None:
-        if not record.answer:
-            raise UsageError(
-                "The server ended the answer without any text; nothing was added to the "
-                "conversation. Try again, or another model."
-            )
-        if not request.records:
-            return
-        if request.reset:
-            self.conversation.reset()
-        self.conversation.add(record)
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -430,14 +318,13 @@ class FlowGptMagics(Magics):
 
     def _model_listing(self) -> str:
         lines = [f"Default model: {self.default_model}"]
+        settings = self.settings()
         for entry in PROVIDERS.values():
-            options = self._settings_of(entry).request_options()
+            options = settings.options_for(entry)
             lines += ["", f"{entry.name}: {entry.description}"]
             try:
                 lines.append(f"  endpoint: {redact_url(entry.provider.endpoint(**options))}")
-                models = self._runner.run(
-                    entry.provider.list_models(proxy=self.proxy, timeout=5.0, **options)
-                )
+                models = self.chat.list_models(entry, options)
             except FlowGptError as error:
                 lines.append(f"  (could not list the server's models: {error})")
                 models = entry.provider.models

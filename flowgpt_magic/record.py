@@ -23,6 +23,9 @@ METADATA_KEY = "flowgpt_magic"
 VERSION = 2
 Outcome = Literal["complete", "interrupted", "failed"]
 OUTCOMES: tuple[Outcome, ...] = ("complete", "interrupted", "failed")
+#: How an answer is shown: rendered as Markdown, as written, or its code blocks alone.
+Format = Literal["markdown", "text", "code"]
+FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
 
 
 class Record(NamedTuple):
@@ -47,8 +50,7 @@ class Record(NamedTuple):
     #: Whether a complete answer joins the conversation (not with --no-history).
     recorded: bool = True
     outcome: Outcome = "complete"
-    #: How the answer is shown: markdown, text or code.
-    format: str = "markdown"
+    format: Format = "markdown"
     #: When the answer ended (Unix time).
     time: float | None = None
     first_piece_seconds: float | None = None
@@ -108,6 +110,8 @@ class Record(NamedTuple):
                 raise ValueError(f"has no string {name!r}")
         if fields.get("outcome", "complete") not in OUTCOMES:
             raise ValueError(f"has the outcome {fields['outcome']!r}")
+        if fields.get("format", "markdown") not in FORMATS:
+            raise ValueError(f"has the format {fields['format']!r}")
         if isinstance(fields.get("time"), str):
             try:
                 fields["time"] = datetime.fromisoformat(fields["time"]).timestamp()

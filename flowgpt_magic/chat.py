@@ -1,0 +1,216 @@
+"""A notebook's chat with the models: its conversation, the loop its answers run on and
+their HTTP session; ``ask`` sends a request, streams the answer into a view, and records
+it. No IPython here: the magics parse a cell, call this, and store what comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .conversation import Conversation
+from .exceptions import AnswerInterrupted, RequestFailedError, redact_url
+from .loop import LoopRunner
+from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
+from .record import Outcome, Record
+
+if TYPE_CHECKING:
+    from .command import ChatRequest
+    from .providers import AsyncResult, ProviderEntry
+    from .providers.http import RetryNotice
+
+
+class View(Protocol):
+    """Where an answer is shown while it streams (see ``display``)."""
+
+    #: Every text piece so far.
+    pieces: list[str]
+
+    def begin(self) -> None:
+        """The request is going out (called in the loop that runs it)."""
+
+    def extend(self, pieces: list[str]) -> None:
+        """Append pieces (and maybe show them at once, as a terminal does)."""
+
+    def started(self) -> None:
+        """The first piece has been added: show it now, and the rest as it comes."""
+
+    def retrying(self, notice: RetryNotice) -> None:
+        """Say that the request failed and is about to be tried again."""
+
+    def finish(self, record: Record) -> None:
+        """End the live view with the answer's record (its answer maybe partial)."""
+
+
+class Chat:
+    """The conversation, the loop and the HTTP session of one notebook (IPython shell)."""
+
+    def __init__(self) -> None:
+        self.conversation = Conversation()
+        self._runner = LoopRunner()
+        self._session: Any = None  # aiohttp.ClientSession, made on first use
+        self._session_loop: Any = None
+
+    def ask(self, request: ChatRequest, view: View) -> Record:
+        """Send ``request``, stream the answer into ``view``, and record it.
+
+        A complete answer joins the conversation (unless the request says not to); one
+        that fails or is interrupted (KeyboardInterrupt: the stop button) does not, and
+        what had arrived stays in the view. Raises our own errors only: the request's,
+        :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
+        """
+        answer = self._send(request, view)
+        reply = _Reply()
+        outcome: Outcome = "failed"
+        try:
+            self._runner.run(_receive(answer, view, reply))
+            outcome = "complete"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise AnswerInterrupted(sum(map(len, view.pieces))) from None
+        finally:
+            record = reply.record(request, view.pieces, outcome)
+            view.finish(record)
+        if not record.answer:
+            raise RequestFailedError(
+                "The server ended the answer without any text; nothing was added to the "
+                "conversation. Try again, or another model."
+            )
+        if request.records:
+            if request.reset:
+                self.conversation.reset()
+            self.conversation.add(record)
+        return record
+
+    def _send(self, request: ChatRequest, view: View) -> AsyncResult:
+        """The answer stream: checked now, sent when it is read."""
+        delivery = request.delivery
+        return request.ref.entry.provider.create_async_generator(
+            request.ref.model,
+            request.messages(self._context(request)),
+            temperature=request.temperature,
+            timeout=delivery.timeout,
+            first_piece_timeout=delivery.first_piece_timeout,
+            connect_timeout=delivery.connect_timeout,
+            retries=delivery.retries,
+            on_retry=view.retrying,
+            session=self._http_session(),
+            **request.options,
+        )
+
+    def _context(self, request: ChatRequest) -> list[dict[str, str]]:
+        return self.conversation.wire_messages(
+            request.context_turns, request.context_chars, excluding_cell=request.cell_id
+        )
+
+    def dry_run(self, request: ChatRequest) -> str:
+        """What ``ask`` would send, for a person to read; nothing is sent."""
+        endpoint = request.ref.entry.provider.endpoint(**request.options)
+        context = request.messages(self._context(request))[:-1]
+        system = "\n".join(m["content"] for m in context if m["role"] == "system")
+        history = [m for m in context if m["role"] != "system"]
+        own = "(the provider's own)"
+        temperature = own if request.temperature is None else f"{request.temperature:g}"
+        return "\n".join(
+            [
+                "Dry run: nothing was sent.",
+                f"model:          {request.model}",
+                f"endpoint:       {redact_url(endpoint)}",
+                f"temperature:    {temperature}",
+                f"system message: {system or own}",
+                f"context:        {len(history)} messages, "
+                f"{sum(len(m['content']) for m in history):,} characters",
+                f"prompt ({len(request.prompt):,} characters):",
+                *("    " + line for line in request.prompt.splitlines()),
+            ]
+        )
+
+    def list_models(self, entry: ProviderEntry, options: dict[str, Any]) -> list[str]:
+        """The models ``entry``'s provider offers (its server asked, where it lists them)."""
+        return self._runner.run(entry.provider.list_models(timeout=5.0, **options))
+
+    def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            self._runner.run(self._session.close())
+        self._runner.close()
+
+    def _http_session(self) -> Any:
+        """One aiohttp session for every cell, so connections are reused between cells.
+
+        It belongs to the loop that runs the cells, and is made anew if that changes.
+        """
+        loop = self._runner.loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+
+            async def new_session() -> Any:
+                import aiohttp
+
+                return aiohttp.ClientSession()
+
+            self._session, self._session_loop = self._runner.run(new_session()), loop
+        return self._session
+
+
+async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:
+    extend = view.extend
+    view.begin()
+    async with aclosing(answer):
+        items = answer.batches()  # text a list a read: no step per piece
+        async for item in items:
+            if item.__class__ is list:
+                reply.first_piece = time.monotonic() - reply.started
+                extend(item)
+                view.started()
+                break
+            reply.take(item)  # type: ignore[arg-type]
+        # The hot loop: the view shows the pieces on its own clock.
+        async for item in items:
+            if item.__class__ is list:
+                extend(item)
+            else:
+                reply.take(item)  # type: ignore[arg-type]
+
+
+class _Reply:
+    """What an answer's events said besides its text, and when it came."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.first_piece: float | None = None
+        self.reasoning: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.served_by: str | None = None
+
+    def take(self, event: Event) -> None:
+        match event:
+            case Reasoning(text=text):
+                self.reasoning.append(text)
+            case Usage():
+                self.usage = event
+            case Finish(reason=reason):
+                self.finish_reason = reason
+            case ServedBy(model=model):
+                self.served_by = model
+
+    def record(self, request: ChatRequest, pieces: list[str], outcome: Outcome) -> Record:
+        return Record(
+            prompt=request.prompt,
+            answer="".join(pieces),
+            model=request.model,
+            served_by=self.served_by,
+            temperature=request.temperature,
+            system=request.system,
+            reasoning="".join(self.reasoning),
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            cell_id=request.cell_id,
+            recorded=request.records,
+            outcome=outcome,
+            format=request.format,
+            time=float(int(time.time())),  # (whole seconds, as it is saved)
+            first_piece_seconds=self.first_piece,
+            total_seconds=time.monotonic() - self.started,
+            pieces=len(pieces),
+        )
