@@ -54,10 +54,10 @@ _t = _time.perf_counter()
 get_ipython().run_cell_magic("flowgpt", "--no-history", "x")
 _seconds = _time.perf_counter() - _t
 """
-# The unpaced answer is complete before the live view is due (display.SHOW_AFTER), so the
+# The unpaced answer is complete before the live view is due (display.widget.SHOW_AFTER), so the
 # magic shows it once, finished. The same with the live view at once: what it costs.
 LIVE_CELL = """\
-import flowgpt_magic.display as _display
+import flowgpt_magic.display.widget as _display
 _due, _display.SHOW_AFTER = _display.SHOW_AFTER, 0
 try:
 {magic}
@@ -127,7 +127,7 @@ def run(runs: int = 9) -> dict[str, Any]:
     fast, fast_url = start_server()
     paced, paced_url = start_server(str(RATE))
     # A model that starts at once: its first piece comes before the live view is due, and
-    # waits for it (display.SHOW_AFTER), the longest a first piece waits.
+    # waits for it (display.widget.SHOW_AFTER), the longest a first piece waits.
     prompt, prompt_url = start_server(str(RATE), "0")
     km, kc = start_new_kernel(kernel_name="python3")
     try:

@@ -190,9 +190,9 @@ def test_an_answer_complete_before_the_live_view_is_due_is_shown_once(
     kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
-    # The live view is due soon after the request (display.SHOW_AFTER); put it off, so that
+    # The live view is due soon after the request (display.widget.SHOW_AFTER); put it off, so that
     # this does not depend on how fast this machine is.
-    finish(kc, kc.execute("import flowgpt_magic.display as d; d.SHOW_AFTER = 60"))
+    finish(kc, kc.execute("import flowgpt_magic.display.widget as w; w.SHOW_AFTER = 60"))
     run = finish(kc, kc.execute("%%flowgpt\nA quick one"))
     assert run.reply["status"] == "ok"
     answer = offline_answer(flowgpt_server.state.requests[-1].body)

@@ -436,9 +436,7 @@ def test_no_unclosed_session_warnings_after_break(flowgpt_server: LocalServer) -
 # -- boundaries ---------------------------------------------------------------------------
 
 
-def test_providers_the_conversation_and_the_chat_import_nothing_of_ipython_or_the_display() -> (
-    None
-):
+def test_providers_the_conversation_and_the_chat_import_nothing_of_ipython_or_the_display() -> None:
     code = (
         "import sys, flowgpt_magic.providers, flowgpt_magic.conversation, flowgpt_magic.chat; "
         "names = {m.split('.')[0] for m in sys.modules} | set(sys.modules); "

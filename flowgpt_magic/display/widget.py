@@ -1,11 +1,11 @@
-"""Showing an answer while it streams: output widgets in Jupyter, stdout in a terminal.
+"""An answer in Jupyter, while it streams: output widgets, then one static output.
 
 In Jupyter a live answer is shown as one box of two ``ipywidgets.Output`` widgets. This
 cell's output flows into the first, so whatever is sent to it is appended by the frontend:
 in Markdown, each finished block (a paragraph, a list, a whole code block), rendered once
 and kept; in text, the text itself, as ordinary stream messages. The second, a status line
 below it, shows the waiting line, retry notices, and in Markdown the unfinished block, the
-only part rendered again as it grows. Updates are coalesced: the magic only adds the
+only part rendered again as it grows. Updates are coalesced: the chat only adds the
 pieces each read of the response brought to a list, which the view sends on, joined: the
 first at once, then what arrived since the last update every ``FLUSH_INTERVAL`` seconds.
 
@@ -14,7 +14,7 @@ by then (or the waiting line). An answer that is complete by then needs no live 
 is shown once, finished, without widgets.
 
 When the answer ends, the box is replaced, in one update, by a static output (Markdown,
-text or a code block, with a footer under it) carrying the exchange as metadata, so a
+text or a code block, with a footer under it) carrying its record as metadata, so a
 saved notebook, an export or a frontend without widgets still shows the answer; the
 widgets are closed.
 """
@@ -22,16 +22,17 @@ widgets are closed.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from .record import METADATA_KEY, Format
+from ..record import METADATA_KEY, Format
+from .markdown import MarkdownBlocks, static_bundle
+from .text import retry_line
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .chat import View
-    from .providers.http import RetryNotice
-    from .record import Record
+    from ..providers.http import RetryNotice
+    from ..record import Record
 
 #: The MIME type of a widget's view (ipywidgets' protocol version 2).
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -45,39 +46,6 @@ SHOW_AFTER = 0.025
 #: two messages (finished blocks, and the unfinished one), so 15 a second keep the frontend
 #: under 30 messages a second.
 FLUSH_INTERVAL = 1 / 15
-#: The unfinished Markdown block is cut at a line (or word) once it is this long, so that a
-#: long paragraph or code block is not sent and rendered again whole on every update.
-TAIL_LIMIT = 4_000
-
-
-class TextView:
-    """Pieces go straight to a text stream as they arrive: terminal IPython, plain mode."""
-
-    def __init__(self, footer: bool = True, stream: TextIO | None = None) -> None:
-        self._stream = stream or sys.stdout
-        self._footer = footer
-        self.pieces: list[str] = []
-
-    def begin(self) -> None:
-        pass
-
-    def extend(self, pieces: list[str]) -> None:
-        self.pieces += pieces
-        self._stream.write("".join(pieces))
-        self._stream.flush()
-
-    def started(self) -> None:
-        pass
-
-    def retrying(self, notice: RetryNotice) -> None:
-        print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
-
-    def finish(self, record: Record) -> None:
-        if self.pieces and not self.pieces[-1].endswith("\n"):
-            self._stream.write("\n")
-        if self._footer and record.answer:
-            self._stream.write(f"({record.footer()})\n")
-        self._stream.flush()
 
 
 class WidgetView:
@@ -215,157 +183,6 @@ class WidgetView:
             self._status.outputs = (_markdown(shown),) if shown else ()
 
 
-class MarkdownBlocks:
-    """Cuts a Markdown answer, as it grows, into finished blocks and an unfinished tail.
-
-    A block ends at a blank line outside a fenced code block when the next line starts in
-    the first column: an indented line after a blank one may go on with a list item (and
-    alone would render as code). A finished block renders the same on its own as within the
-    whole answer, so it is sent once and kept; only the tail changes. A tail longer than
-    ``TAIL_LIMIT`` is cut at its last line break (or space) into a block of its own; within
-    a code block, the cut closes the fence and the tail reopens it.
-    """
-
-    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
-        self.tail = ""
-        self._tail_limit = tail_limit
-        self._scanned = 0  # where in the tail the first line not yet looked at starts
-        self._fence = ""  # the fence of the open code block ("```", "~~~~"), or ""
-        self._opening = ""  # the line that opened it
-        self._reopen = ""  # that line again, when a cut split the code block
-        self._blank = False  # the last line looked at was blank, outside a code block
-
-    @property
-    def open_fence(self) -> str:
-        """The fence of a code block open at the end of what was fed, or ""."""
-        return self._fence
-
-    @property
-    def shown_tail(self) -> str:
-        return self._reopen + self.tail if self.tail else ""
-
-    def feed(self, text: str) -> list[str]:
-        """Add ``text``; return the blocks it finished, in order."""
-        tail = self.tail + text
-        blocks: list[str] = []
-        start, scanned = 0, self._scanned
-        while (end := tail.find("\n", scanned)) != -1:
-            line = tail[scanned:end]
-            if self._fence:
-                if _closes(line, self._fence):
-                    self._fence = ""
-            elif not line.strip():
-                self._blank = True
-            else:
-                if self._blank and not line[0].isspace():
-                    blocks.append(self._reopen + tail[start:scanned])
-                    self._reopen = ""
-                    start = scanned
-                self._blank = False
-                self._fence = _opens(line)
-                self._opening = line + "\n"
-            scanned = end + 1
-        self.tail, self._scanned = tail[start:], scanned - start
-        if len(self.tail) > self._tail_limit:
-            blocks.append(self._cut())
-        return blocks
-
-    def _cut(self) -> str:
-        """Cut the tail after its last whole line, or else at its last space."""
-        tail = self.tail
-        at = self._scanned or tail.rfind(" ") + 1 or len(tail)
-        block, self.tail = self._reopen + tail[:at], tail[at:]
-        self._scanned = max(0, self._scanned - at)
-        self._reopen = ""
-        if self._fence:
-            # Close the code block here, so that it renders as one; the rest reopens it.
-            self._reopen = self._opening
-            block += ("" if block.endswith("\n") else "\n") + self._fence + "\n"
-        return block
-
-
-def _opens(line: str) -> str:
-    """The fence a line opens a code block with (```` ``` ````, ``~~~``...), or ""."""
-    stripped = line.lstrip(" ")
-    if len(line) - len(stripped) > 3 or stripped[:3] not in ("```", "~~~"):
-        return ""
-    fence = stripped[: len(stripped) - len(stripped.lstrip(stripped[0]))]
-    if fence[0] == "`" and "`" in stripped[len(fence) :]:
-        return ""  # an inline code span, not a fence
-    return fence
-
-
-def _closes(line: str, fence: str) -> bool:
-    stripped = line.strip()
-    return (
-        len(line) - len(line.lstrip(" ")) <= 3
-        and len(stripped) >= len(fence)
-        and stripped == fence[0] * len(stripped)
-    )
-
-
-def code_of(text: str) -> tuple[str, str]:
-    """The code in an answer, and its language: the contents of its fenced code blocks
-    (the last may be unfinished), or else the whole answer, taken as Python."""
-    language, code, fence = "", [], ""
-    for line in text.splitlines():
-        if fence:
-            if _closes(line, fence):
-                fence = ""
-                code.append("")
-            else:
-                code.append(line)
-        elif fence := _opens(line):
-            info = line.strip()[len(fence) :].split()
-            language = language or (info[0] if info else "")
-    if not code and not fence:
-        return text.strip("\n"), "python"
-    return "\n".join(code).strip("\n"), language or "python"
-
-
-def static_bundle(text: str, answer_format: Format, footer: str | None = None) -> dict[str, str]:
-    """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
-    that frontends highlight it), always with plain text beside it; the footer under it."""
-    if not text:
-        return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
-    plain_footer = f"\n\n({footer})" if footer else ""
-    if answer_format == "text":
-        return {"text/plain": text + plain_footer}
-    if answer_format == "markdown":
-        markdown, plain = text + _closing_fence(text), text
-    else:
-        plain, language = code_of(text)
-        ticks = "`" * max(3, _longest_run(plain, "`") + 1)
-        markdown = f"{ticks}{language}\n{plain}\n{ticks}"
-    if footer:
-        import html
-
-        markdown += f"\n\n<small><i>{html.escape(footer)}</i></small>"
-    return {"text/markdown": markdown, "text/plain": plain + plain_footer}
-
-
-def _closing_fence(text: str) -> str:
-    """What closes a code block left open at the end of ``text`` (an answer cut short)."""
-    blocks = MarkdownBlocks()
-    blocks.feed(text + "\n")
-    return f"\n{blocks.open_fence}" if blocks.open_fence else ""
-
-
-def _longest_run(text: str, char: str) -> int:
-    longest = run = 0
-    for c in text:
-        run = run + 1 if c == char else 0
-        longest = max(longest, run)
-    return longest
-
-
-def retry_line(notice: RetryNotice) -> str:
-    return (
-        f"{notice.reason} Trying again in {notice.delay:.1f} s "
-        f"({notice.attempt} of {notice.retries})."
-    )
-
-
 def _grey(text: str) -> str:
     import html
 
@@ -411,10 +228,3 @@ def _current_msg_id() -> str:
     shell = get_ipython()
     parent = shell.get_parent() if hasattr(shell, "get_parent") else shell.kernel.get_parent()
     return str(parent["header"]["msg_id"])
-
-
-def open_view(use_widget: bool, waiting: str, answer_format: Format, footer: bool) -> View:
-    """The view for an answer: output widgets (Jupyter), or plain text (a terminal)."""
-    if use_widget:
-        return WidgetView(waiting, answer_format, footer)
-    return TextView(footer)

@@ -1,0 +1,25 @@
+"""Showing an answer: output widgets in Jupyter (``widget.py``), plain text in a terminal
+(``text.py``), and the Markdown both make of it (``markdown.py``). The views implement
+``chat.View``: the chat streams an answer's pieces into one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .markdown import MarkdownBlocks, code_of, static_bundle
+from .text import TextView
+
+if TYPE_CHECKING:
+    from ..chat import View
+    from ..record import Format
+
+__all__ = ["MarkdownBlocks", "TextView", "code_of", "open_view", "static_bundle"]
+
+
+def open_view(use_widget: bool, waiting: str, answer_format: Format, footer: bool) -> View:
+    """The view for an answer: output widgets (Jupyter), or plain text (a terminal)."""
+    if use_widget:
+        from .widget import WidgetView  # (ipywidgets is imported when an answer needs it)
+
+        return WidgetView(waiting, answer_format, footer)
+    return TextView(footer)

@@ -1,0 +1,154 @@
+"""An answer's Markdown: the blocks it is cut into while it streams, the code in it, and
+what it is saved as once finished. Pure functions of text; nothing is shown here."""
+
+from __future__ import annotations
+
+from ..record import Format
+
+#: The unfinished Markdown block is cut at a line (or word) once it is this long, so that a
+#: long paragraph or code block is not sent and rendered again whole on every update.
+TAIL_LIMIT = 4_000
+
+
+class MarkdownBlocks:
+    """Cuts a Markdown answer, as it grows, into finished blocks and an unfinished tail.
+
+    A block ends at a blank line outside a fenced code block when the next line starts in
+    the first column: an indented line after a blank one may go on with a list item (and
+    alone would render as code). A finished block renders the same on its own as within the
+    whole answer, so it is sent once and kept; only the tail changes. A tail longer than
+    ``TAIL_LIMIT`` is cut at its last line break (or space) into a block of its own; within
+    a code block, the cut closes the fence and the tail reopens it.
+    """
+
+    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
+        self.tail = ""
+        self._tail_limit = tail_limit
+        self._scanned = 0  # where in the tail the first line not yet looked at starts
+        self._fence = ""  # the fence of the open code block ("```", "~~~~"), or ""
+        self._opening = ""  # the line that opened it
+        self._reopen = ""  # that line again, when a cut split the code block
+        self._blank = False  # the last line looked at was blank, outside a code block
+
+    @property
+    def open_fence(self) -> str:
+        """The fence of a code block open at the end of what was fed, or ""."""
+        return self._fence
+
+    @property
+    def shown_tail(self) -> str:
+        return self._reopen + self.tail if self.tail else ""
+
+    def feed(self, text: str) -> list[str]:
+        """Add ``text``; return the blocks it finished, in order."""
+        tail = self.tail + text
+        blocks: list[str] = []
+        start, scanned = 0, self._scanned
+        while (end := tail.find("\n", scanned)) != -1:
+            line = tail[scanned:end]
+            if self._fence:
+                if _closes(line, self._fence):
+                    self._fence = ""
+            elif not line.strip():
+                self._blank = True
+            else:
+                if self._blank and not line[0].isspace():
+                    blocks.append(self._reopen + tail[start:scanned])
+                    self._reopen = ""
+                    start = scanned
+                self._blank = False
+                self._fence = _opens(line)
+                self._opening = line + "\n"
+            scanned = end + 1
+        self.tail, self._scanned = tail[start:], scanned - start
+        if len(self.tail) > self._tail_limit:
+            blocks.append(self._cut())
+        return blocks
+
+    def _cut(self) -> str:
+        """Cut the tail after its last whole line, or else at its last space."""
+        tail = self.tail
+        at = self._scanned or tail.rfind(" ") + 1 or len(tail)
+        block, self.tail = self._reopen + tail[:at], tail[at:]
+        self._scanned = max(0, self._scanned - at)
+        self._reopen = ""
+        if self._fence:
+            # Close the code block here, so that it renders as one; the rest reopens it.
+            self._reopen = self._opening
+            block += ("" if block.endswith("\n") else "\n") + self._fence + "\n"
+        return block
+
+
+def _opens(line: str) -> str:
+    """The fence a line opens a code block with (```` ``` ````, ``~~~``...), or ""."""
+    stripped = line.lstrip(" ")
+    if len(line) - len(stripped) > 3 or stripped[:3] not in ("```", "~~~"):
+        return ""
+    fence = stripped[: len(stripped) - len(stripped.lstrip(stripped[0]))]
+    if fence[0] == "`" and "`" in stripped[len(fence) :]:
+        return ""  # an inline code span, not a fence
+    return fence
+
+
+def _closes(line: str, fence: str) -> bool:
+    stripped = line.strip()
+    return (
+        len(line) - len(line.lstrip(" ")) <= 3
+        and len(stripped) >= len(fence)
+        and stripped == fence[0] * len(stripped)
+    )
+
+
+def code_of(text: str) -> tuple[str, str]:
+    """The code in an answer, and its language: the contents of its fenced code blocks
+    (the last may be unfinished), or else the whole answer, taken as Python."""
+    language, code, fence = "", [], ""
+    for line in text.splitlines():
+        if fence:
+            if _closes(line, fence):
+                fence = ""
+                code.append("")
+            else:
+                code.append(line)
+        elif fence := _opens(line):
+            info = line.strip()[len(fence) :].split()
+            language = language or (info[0] if info else "")
+    if not code and not fence:
+        return text.strip("\n"), "python"
+    return "\n".join(code).strip("\n"), language or "python"
+
+
+def static_bundle(text: str, answer_format: Format, footer: str | None = None) -> dict[str, str]:
+    """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
+    that frontends highlight it), always with plain text beside it; the footer under it."""
+    if not text:
+        return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
+    plain_footer = f"\n\n({footer})" if footer else ""
+    if answer_format == "text":
+        return {"text/plain": text + plain_footer}
+    if answer_format == "markdown":
+        markdown, plain = text + _closing_fence(text), text
+    else:
+        plain, language = code_of(text)
+        ticks = "`" * max(3, _longest_run(plain, "`") + 1)
+        markdown = f"{ticks}{language}\n{plain}\n{ticks}"
+    if footer:
+        import html
+
+        markdown += f"\n\n<small><i>{html.escape(footer)}</i></small>"
+    return {"text/markdown": markdown, "text/plain": plain + plain_footer}
+
+
+def _closing_fence(text: str) -> str:
+    """What closes a code block left open at the end of ``text`` (an answer cut short)."""
+    blocks = MarkdownBlocks()
+    blocks.feed(text + "\n")
+    return f"\n{blocks.open_fence}" if blocks.open_fence else ""
+
+
+def _longest_run(text: str, char: str) -> int:
+    longest = run = 0
+    for c in text:
+        run = run + 1 if c == char else 0
+        longest = max(longest, run)
+    return longest
