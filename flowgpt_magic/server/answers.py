@@ -1,0 +1,47 @@
+"""The local server's answers: deterministic, labelled as offline, streamed word by word."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_PIECE = re.compile(r"\s*\S+\s*")  # word by word, keeping every space and line break
+#: A prompt whose first line is this gets the rest of itself back, word by word: a way to
+#: see how any text (Markdown, code) streams and renders.
+ECHO = "/echo"
+
+
+def offline_answer(body: Mapping[str, Any]) -> str:
+    """The deterministic answer to a valid request body, FlowGPT's or OpenAI's."""
+    if "messages" in body:  # OpenAI's: the messages as they are
+        messages = body["messages"]
+        question = messages[-1]["content"]
+        context = sum(1 for m in messages[:-1] if m["role"] not in ("system", "developer"))
+        system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+        temperature = body.get("temperature", 1)
+    else:  # FlowGPT's: folded, with a greeting that is not context
+        question, system, temperature = body["question"], body["system"], body["temperature"]
+        context = len(body["history"]) - 1
+    if question.startswith(ECHO + "\n"):
+        return str(question[len(ECHO) + 1 :])
+    return (
+        f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
+        f"temperature {temperature:g}.] You asked: «{_excerpt(question)}». "
+        f"Context: {context} earlier message{'s' if context != 1 else ''}; system message: "
+        f"«{_excerpt(system or '(none)')}». No model runs here: this text streams word by word "
+        "so that you can try flowgpt-magic without a network."
+    )
+
+
+def answer_pieces(body: Mapping[str, Any], min_pieces: int = 0) -> list[str]:
+    pieces = _PIECE.findall(offline_answer(body))
+    if len(pieces) < min_pieces:
+        pieces[-1] += " Counting on: "
+        pieces += [f"{n} " for n in range(1, min_pieces - len(pieces) + 1)]
+    return pieces
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

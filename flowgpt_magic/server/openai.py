@@ -1,0 +1,132 @@
+"""OpenAI's dialect: ``/v1/chat/completions`` (streamed or not) and ``/v1/models``, with
+OpenAI's error shapes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .answers import answer_pieces
+from .faults import choose_fault, early_fault, stream_answer
+from .state import STATE, ReceivedRequest
+
+OPENAI_PATH = "/v1"
+#: The models the OpenAI-compatible side serves; others get OpenAI's 404.
+OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "llama3.2"]
+
+
+def _openai_error(status: int, message: str, code: str | None = None) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return web.json_response({"error": error}, status=status)
+
+
+def _openai_key_refused(request: web.Request) -> web.Response | None:
+    key = request.app[STATE].options.api_key
+    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        return _openai_error(401, "Incorrect API key provided.", "invalid_api_key")
+    return None
+
+
+async def models(request: web.Request) -> web.Response:
+    refused = _openai_key_refused(request)
+    if refused is not None:
+        return refused
+    data = [
+        {"id": model, "object": "model", "created": 0, "owned_by": "flowgpt-magic-local"}
+        for model in OPENAI_MODELS
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    refused = _openai_key_refused(request)
+    if refused is not None:
+        return refused
+    try:
+        body = await request.json()
+    except ValueError:
+        return _openai_error(400, "The body is not JSON.")
+    problems = openai_body_problems(body)
+    if problems:
+        reason = "; ".join(problems)
+        state.note(lambda s: s.rejected.append(reason))
+        return _openai_error(400, f"Bad request: {reason}.")
+    if body["model"] not in OPENAI_MODELS:
+        return _openai_error(
+            404,
+            f"The model `{body['model']}` does not exist or you do not have access to it.",
+            "model_not_found",
+        )
+    if state.options.record:
+        received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
+        state.note(lambda s: s.requests.append(received))
+    fault = choose_fault(request)
+    early = await early_fault(request, fault)
+    if early is not None:
+        return early
+    pieces = answer_pieces(body, state.options.min_pieces)
+    if not body.get("stream"):
+        state.note(lambda s: setattr(s, "completed", s.completed + 1))
+        message = {"role": "assistant", "content": "".join(pieces)}
+        return web.json_response(
+            _completion(body, "chat.completion", {"message": message, "finish_reason": "stop"})
+        )
+
+    def event(choice: dict[str, Any]) -> bytes:
+        chunk = _completion(body, "chat.completion.chunk", choice)
+        return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+
+    return await stream_answer(
+        request,
+        "text/event-stream; charset=utf-8",
+        first=event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}),
+        pieces=[event({"delta": {"content": p}, "finish_reason": None}) for p in pieces],
+        last=event({"delta": {}, "finish_reason": "stop"}) + b"data: [DONE]\n\n",
+        fault=fault,
+    )
+
+
+def _completion(body: Mapping[str, Any], kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-flowgpt-magic-local",
+        "object": kind,
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": 0, **choice}],
+    }
+
+
+_OPENAI_ROLES = ("system", "developer", "user", "assistant")
+
+
+def openai_body_problems(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return ["the body must be a JSON object"]
+    problems = []
+    if not (isinstance(body.get("model"), str) and body["model"]):
+        problems.append("model must be a non-empty string")
+    messages = body.get("messages")
+    if not (isinstance(messages, list) and messages):
+        problems.append("messages must be a non-empty list")
+    else:
+        for index, message in enumerate(messages):
+            if not (
+                isinstance(message, dict)
+                and message.get("role") in _OPENAI_ROLES
+                and isinstance(message.get("content"), str)
+            ):
+                problems.append(f"messages[{index}] must have a role and string content")
+                break
+    temperature = body.get("temperature", 1)
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and 0 <= temperature <= 2
+    ):
+        problems.append("temperature must be a number from 0 to 2")
+    if not isinstance(body.get("stream", False), bool):
+        problems.append("stream must be true or false")
+    return problems
