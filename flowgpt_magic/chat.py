@@ -10,14 +10,15 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .conversation import Conversation
-from .exceptions import AnswerInterrupted, RequestFailedError, redact_url
+from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, redact_url
 from .loop import LoopRunner
+from .providers import PROVIDERS, resolve_model
 from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
 from .record import Outcome, Record
 
 if TYPE_CHECKING:
-    from .command import ChatRequest
-    from .providers import AsyncResult, ProviderEntry
+    from .command import ChatRequest, Settings
+    from .providers import AsyncResult
     from .providers.http import RetryNotice
 
 
@@ -126,9 +127,26 @@ class Chat:
             ]
         )
 
-    def list_models(self, entry: ProviderEntry, options: dict[str, Any]) -> list[str]:
-        """The models ``entry``'s provider offers (its server asked, where it lists them)."""
-        return self._runner.run(entry.provider.list_models(timeout=5.0, **options))
+    def model_listing(self, settings: Settings) -> str:
+        """The default model, then each provider with its endpoint and its models (its
+        server asked, where it lists them), for a person to read."""
+        lines = [f"Default model: {settings.model}"]
+        for entry in PROVIDERS.values():
+            options = settings.options_for(entry)
+            lines += ["", f"{entry.name}: {entry.description}"]
+            try:
+                lines.append(f"  endpoint: {redact_url(entry.provider.endpoint(**options))}")
+                models = self._runner.run(entry.provider.list_models(timeout=5.0, **options))
+            except FlowGptError as error:
+                lines.append(f"  (could not list the server's models: {error})")
+                models = entry.provider.models
+            for model in models:
+                ref = resolve_model(f"{entry.name}:{model}")
+                aliases = entry.provider.aliases_of(model)
+                note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
+                mark = "*" if ref.id == settings.model else " "
+                lines.append(f" {mark} {ref.id}{note}")
+        return "\n".join(lines)
 
     def close(self) -> None:
         if self._session is not None and not self._session.closed:

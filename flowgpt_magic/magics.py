@@ -19,7 +19,7 @@ from .chat import Chat
 from .command import Settings, build_request
 from .conversation import Conversation, exchanges
 from .display import code_of, open_view
-from .exceptions import AnswerInterrupted, FlowGptError, SecretURL, redact_url
+from .exceptions import AnswerInterrupted, FlowGptError, SecretURL
 from .prompt import ErrorLog
 from .providers import PROVIDERS, FlowGpt, ProviderEntry, ProviderSettings, resolve_model
 from .providers.base import check_temperature
@@ -308,33 +308,13 @@ class FlowGptMagics(Magics):
         """Show the default model and every model with its aliases, or set the default."""
         args = _parse(self.flowgpt_model, line)
         if args.name is None:
-            print(self._model_listing())
+            print(self.chat.model_listing(self.settings()))
             return
         with _usage_errors():
             model = resolve_model(args.name).id
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
-
-    def _model_listing(self) -> str:
-        lines = [f"Default model: {self.default_model}"]
-        settings = self.settings()
-        for entry in PROVIDERS.values():
-            options = settings.options_for(entry)
-            lines += ["", f"{entry.name}: {entry.description}"]
-            try:
-                lines.append(f"  endpoint: {redact_url(entry.provider.endpoint(**options))}")
-                models = self.chat.list_models(entry, options)
-            except FlowGptError as error:
-                lines.append(f"  (could not list the server's models: {error})")
-                models = entry.provider.models
-            for model in models:
-                ref = resolve_model(f"{entry.name}:{model}")
-                aliases = entry.provider.aliases_of(model)
-                note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
-                mark = "*" if ref.id == self.default_model else " "
-                lines.append(f" {mark} {ref.id}{note}")
-        return "\n".join(lines)
 
     # -- %flowgpt_history --------------------------------------------------------------
 
