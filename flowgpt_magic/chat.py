@@ -5,6 +5,7 @@ it. No IPython here: the magics parse a cell, call this, and store what comes ba
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +37,9 @@ class View(Protocol):
 
     def started(self) -> None:
         """The first piece has been added: show it now, and the rest as it comes."""
+
+    def reasoning(self, text: str) -> None:
+        """Show a piece of the model's reasoning, apart from the answer."""
 
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
@@ -74,10 +78,7 @@ class Chat:
             record = reply.record(request, view.pieces, outcome)
             view.finish(record)
         if not record.answer:
-            raise RequestFailedError(
-                "The server ended the answer without any text; nothing was added to the "
-                "conversation. Try again, or another model."
-            )
+            raise RequestFailedError(_why_no_answer(record))
         if request.records:
             if request.reset:
                 self.conversation.reset()
@@ -91,6 +92,7 @@ class Chat:
             request.ref.model,
             request.messages(self._context(request)),
             temperature=request.temperature,
+            params=request.params,
             timeout=delivery.timeout,
             first_piece_timeout=delivery.first_piece_timeout,
             connect_timeout=delivery.connect_timeout,
@@ -119,6 +121,11 @@ class Chat:
                 f"model:          {request.model}",
                 f"endpoint:       {redact_url(endpoint)}",
                 f"temperature:    {temperature}",
+                *(
+                    [f"parameters:     {json.dumps(dict(request.params))}"]
+                    if request.params
+                    else []
+                ),
                 f"system message: {system or own}",
                 f"context:        {len(history)} messages, "
                 f"{sum(len(m['content']) for m in history):,} characters",
@@ -177,17 +184,35 @@ async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:
         items = answer.batches()  # text a list a read: no step per piece
         async for item in items:
             if item.__class__ is list:
-                reply.first_piece = time.monotonic() - reply.started
+                reply.first_piece = reply.first_piece or time.monotonic() - reply.started
                 extend(item)
                 view.started()
                 break
-            reply.take(item)  # type: ignore[arg-type]
+            reply.take(item, view)  # type: ignore[arg-type]
         # The hot loop: the view shows the pieces on its own clock.
         async for item in items:
             if item.__class__ is list:
                 extend(item)
             else:
-                reply.take(item)  # type: ignore[arg-type]
+                reply.take(item, view)  # type: ignore[arg-type]
+
+
+def _why_no_answer(record: Record) -> str:
+    if record.reasoning and record.finish_reason == "length":
+        return (
+            'The model spent its whole token limit reasoning (finish reason "length") and '
+            "wrote no answer; nothing was added to the conversation. Raise the limit, e.g. "
+            "-p max_tokens=4096, or ask for less reasoning (-p reasoning_effort=low)."
+        )
+    if record.reasoning:
+        return (
+            "The model reasoned but wrote no answer; nothing was added to the conversation. "
+            "Try again, or another model."
+        )
+    return (
+        "The server ended the answer without any text; nothing was added to the "
+        "conversation. Try again, or another model."
+    )
 
 
 class _Reply:
@@ -201,10 +226,13 @@ class _Reply:
         self.finish_reason: str | None = None
         self.served_by: str | None = None
 
-    def take(self, event: Event) -> None:
+    def take(self, event: Event, view: View) -> None:
         match event:
             case Reasoning(text=text):
+                if self.first_piece is None:
+                    self.first_piece = time.monotonic() - self.started
                 self.reasoning.append(text)
+                view.reasoning(text)
             case Usage():
                 self.usage = event
             case Finish(reason=reason):
@@ -219,6 +247,7 @@ class _Reply:
             model=request.model,
             served_by=self.served_by,
             temperature=request.temperature,
+            params=dict(request.params) or None,
             system=request.system,
             reasoning="".join(self.reasoning),
             usage=self.usage,

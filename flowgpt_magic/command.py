@@ -21,6 +21,8 @@ class Settings(NamedTuple):
     temperature: float | None
     system: str | None
     answer_format: Format
+    #: The model's parameters every cell sends (max_tokens...), beside its own.
+    params: Mapping[str, Any] = {}
     #: Send at most this many recent exchanges, or characters of them (None: no limit).
     context_turns: int | None = None
     context_chars: int | None = None
@@ -40,6 +42,8 @@ class ChatRequest(NamedTuple):
     ref: ModelRef
     temperature: float | None
     system: str | None
+    #: The model's parameters: the notebook's, and the cell's over them.
+    params: Mapping[str, Any]
     use_history: bool
     reset: bool
     format: Format
@@ -85,6 +89,7 @@ def build_request(
     model: str | None = None,
     temperature: str | None = None,
     system: str | None = None,
+    params: Sequence[str] = (),
     no_history: bool = False,
     reset: bool = False,
     answer_format: Format | None = None,
@@ -110,6 +115,7 @@ def build_request(
             parse_temperature(temperature) if temperature is not None else settings.temperature
         ),
         system=system if system is not None else settings.system,
+        params={**settings.params, **parse_params(params)},
         use_history=not no_history,
         reset=reset,
         format=answer_format or settings.answer_format,
@@ -119,6 +125,26 @@ def build_request(
         delivery=settings.delivery,
         options=settings.options_for(ref.entry),
     )
+
+
+def parse_params(assignments: Sequence[str]) -> dict[str, Any]:
+    """``-p NAME=VALUE`` options as parameters: each VALUE as JSON where it parses
+    (``max_tokens=200``, ``stop=["\\n\\n"]``, ``logprobs=true``), else as the text it is."""
+    import json
+
+    params: dict[str, Any] = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise InvalidRequestError(
+                f"-p takes NAME=VALUE, such as -p max_tokens=200, not {assignment!r}."
+            )
+        try:
+            params[name] = json.loads(text)
+        except ValueError:
+            params[name] = text
+    return params
 
 
 def parse_temperature(text: str) -> float:

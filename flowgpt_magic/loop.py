@@ -4,6 +4,9 @@ In a Jupyter kernel the cell runs inside the kernel's own, already running async
 run the coroutine there, made re-entrant by nest-asyncio2 (applied the first time it is
 needed, never at import), which keeps widget updates on the kernel thread. In terminal
 IPython no loop runs while a cell executes, so we keep a private loop for the session.
+That loop stands still between cells: whatever happened meanwhile (a server closing an idle
+keep-alive connection, as uvicorn does after 5 s) is handled when it next runs, before the
+coroutine starts, so that no request goes out on a connection the server has closed.
 
 Ctrl-C / the kernel's interrupt arrives as SIGINT. Raising KeyboardInterrupt at an arbitrary
 bytecode inside the loop could leave aiohttp half-closed, so while our coroutine runs, SIGINT
@@ -45,6 +48,12 @@ class LoopRunner:
         import asyncio  # here, not at import time: loading the extension must stay cheap
 
         loop = self.loop()
+        if loop is self._private_loop:
+            try:
+                loop.run_until_complete(_settle())
+            except BaseException:
+                coroutine.close()  # (never started: nothing to unwind)
+                raise
         task = loop.create_task(coroutine)
         interrupted = threading.Event()
         try:
@@ -73,6 +82,18 @@ class LoopRunner:
         if self._private_loop is None or self._private_loop.is_closed():
             self._private_loop = asyncio.new_event_loop()
         return self._private_loop
+
+
+#: Seconds the private loop runs before a coroutine: one wait for I/O, after which every
+#: event that arrived while it stood still has been handled (a closed connection's close
+#: takes two steps of the loop: the end of the stream, then the protocol's lost connection).
+SETTLE = 0.001
+
+
+async def _settle() -> None:
+    import asyncio
+
+    await asyncio.sleep(SETTLE)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

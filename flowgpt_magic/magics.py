@@ -13,7 +13,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
 from .chat import Chat
 from .command import Settings, build_request
@@ -63,7 +63,17 @@ class FlowGptMagics(Magics):
         help="Model used when a cell gives no -m: a FlowGPT name or alias, or PROVIDER:MODEL "
         "such as openai:gpt-4o-mini (resolved when set).",
     ).tag(config=True)
-    temperature = Float(0.7, help="Sampling temperature, from 0 to 2.").tag(config=True)
+    temperature = Float(
+        None,
+        allow_none=True,
+        help="Sampling temperature, from 0 to 2. None: the provider's own (FlowGPT's "
+        "protocol needs one and sends 0.7; an OpenAI-compatible server gets none, as some "
+        "models refuse any).",
+    ).tag(config=True)
+    params = Dict(
+        help="The model's parameters every cell sends, e.g. {'max_tokens': 1024, 'top_p': "
+        "0.9}; a cell's -p NAME=VALUE adds to them or overrides them.",
+    ).tag(config=True)
     system_message = Unicode(
         None,
         allow_none=True,
@@ -156,7 +166,9 @@ class FlowGptMagics(Magics):
         return None if proposal.value is None else SecretURL(proposal.value)
 
     @validate("temperature")
-    def _check_temperature(self, proposal: Any) -> float:
+    def _check_temperature(self, proposal: Any) -> float | None:
+        if proposal.value is None:
+            return None
         try:
             return check_temperature(proposal.value)
         except FlowGptError as error:
@@ -204,6 +216,7 @@ class FlowGptMagics(Magics):
             model=self.default_model,
             temperature=self.temperature,
             system=self.system_message,
+            params=self.params,
             answer_format=self.answer_format,
             context_turns=self.history_turns,
             context_chars=self.history_chars,
@@ -225,6 +238,16 @@ class FlowGptMagics(Magics):
         "-t", "--temperature", metavar="T", help="Temperature from 0 to 2, for this cell only."
     )
     @argument("-s", "--system", metavar="TEXT", help="System message, for this cell only.")
+    @argument(
+        "-p",
+        "--param",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="A model parameter for this cell, such as -p max_tokens=200 or -p "
+        "stop='[\"\\n\\n\"]'; VALUE is read as JSON where it can be. Repeatable. Default: "
+        "FlowGptMagics.params.",
+    )
     @argument(
         "--no-history",
         action="store_true",
@@ -277,6 +300,7 @@ class FlowGptMagics(Magics):
                 model=args.model,
                 temperature=args.temperature,
                 system=args.system,
+                params=args.param,
                 no_history=args.no_history,
                 reset=args.reset,
                 answer_format=args.format,

@@ -38,7 +38,10 @@ class Record(NamedTuple):
     model: str
     #: The model the server says answered, when it says.
     served_by: str | None = None
+    #: None: the provider's own.
     temperature: float | None = None
+    #: The model's other parameters sent (max_tokens...), if any.
+    params: dict[str, Any] | None = None
     system: str | None = None
     #: What the model said while reasoning, apart from the answer; never sent as context.
     reasoning: str = ""
@@ -70,16 +73,44 @@ class Record(NamedTuple):
         ]
 
     def footer(self) -> str:
-        """The line under an answer: model, time to the first piece, total time, size."""
+        """The line under an answer: the model (and the one that answered, if another),
+        time to the first piece, total time, the tokens (or pieces) and characters."""
         first = self.first_piece_seconds
+        model = self.model
+        if self.served_by and not _same_model(self.model, self.served_by):
+            model += f" (answered by {self.served_by})"
         parts = [
-            self.model,
+            model,
             f"first piece in {first:.2f} s" if first is not None else "no piece",
             f"{self.total_seconds or 0.0:.2f} s in all",
-            f"{self.pieces:,} piece{'s' if self.pieces != 1 else ''}",
+            self._tokens() or _count(self.pieces, "piece"),
             f"{len(self.answer):,} characters",
         ]
         return " · ".join(parts)  # (an interrupted or failed answer has its own line below)
+
+    def _tokens(self) -> str:
+        """The tokens the server counted, and how fast it wrote them; "" if it did not say."""
+        usage = self.usage
+        if usage is None or usage.output_tokens is None:
+            return ""
+        text = _count(usage.output_tokens, "token")
+        if usage.input_tokens is not None:
+            text = f"{_count(usage.input_tokens, 'token')} in, {usage.output_tokens:,} out"
+        writing = (self.total_seconds or 0.0) - (self.first_piece_seconds or 0.0)
+        if usage.output_tokens > 1 and writing > 0:
+            text += f" ({usage.output_tokens / writing:,.0f} a second)"
+        return text
+
+    def notice(self) -> str | None:
+        """A line that says why a complete answer may not be whole: it was cut short."""
+        if self.finish_reason == "length":
+            return (
+                'Cut short: the model reached its token limit (finish reason "length"). '
+                "For a longer answer, raise it: -p max_tokens=4096."
+            )
+        if self.finish_reason == "content_filter":
+            return 'Cut short by the server\'s content filter (finish reason "content_filter").'
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON: what an output's metadata and a saved conversation hold."""
@@ -131,6 +162,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "model": str,
     "served_by": str,
     "temperature": _NUMBER,
+    "params": dict,
     "system": str,
     "reasoning": str,
     "usage": dict,
@@ -157,6 +189,17 @@ def _usage(data: dict[str, Any]) -> Usage:
         number("reasoning_tokens", int),
         number("cost", _NUMBER),
     )
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number:,} {thing}{'' if number == 1 else 's'}"
+
+
+def _same_model(asked: str, served: str) -> bool:
+    """Whether ``served`` is the model asked for, or a dated version of it (OpenAI answers
+    gpt-4o-mini with gpt-4o-mini-2024-07-18), whatever the provider prefix."""
+    name = asked.partition(":")[2] or asked
+    return served == name or served.startswith(name + "-")
 
 
 def record_in(output: Any) -> Record | None:

@@ -43,7 +43,7 @@ def test_the_demo_runs_every_cell() -> None:
     assert "Context: 4 earlier messages; system message: «Answer like a pirate.»" in out
     assert "Loaded 3 exchanges from" in out
     assert "UsageError: Unknown model 'gpt-5'" in out
-    assert "model llama3.2, temperature 0.7.] You asked: «And now from an OpenAI" in out
+    assert "model llama3.2, no temperature.] You asked: «And now from an OpenAI" in out
     assert out.rstrip().endswith("The server answered 5 requests and rejected 0.")
 
 

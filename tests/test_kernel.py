@@ -17,7 +17,14 @@ from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
 from flowgpt_magic.record import record_in
-from flowgpt_magic.server import LocalServer, answer_pieces, offline_answer
+from flowgpt_magic.server import (
+    OPENAI_PATH,
+    PATH,
+    LocalServer,
+    answer_pieces,
+    offline_answer,
+)
+from flowgpt_magic.server.answers import reasoning_pieces
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -309,6 +316,62 @@ def test_the_waiting_line_says_when_a_request_is_retried(
     )
     (update,) = run.of_type("update_display_data")
     assert update["content"]["data"]["text/plain"].startswith("[Offline answer")
+
+
+def test_reasoning_streams_open_above_the_answer_then_folds(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    flowgpt_server.state.options.delay = 0.02  # slow enough for a live view
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    finish(kc, kc.execute(f"%config OpenAI.base_url = {base!r}"))
+    run = finish(kc, kc.execute("%%flowgpt -m openai:gpt-4o\n/think\nWhy?"))
+    assert run.reply["status"] == "ok"
+    body = flowgpt_server.state.requests[-1].body
+    reasoning, answer = "".join(reasoning_pieces(body)), "".join(answer_pieces(body))
+
+    # The reasoning's fold opens, titled, and the reasoning streams into it (the cell's
+    # output, captured there) before any of the answer; then it folds, its size in its title.
+    (fold,) = [
+        m
+        for m in run.of_type("comm_open")
+        if m["content"]["data"]["state"].get("_model_name") == "AccordionModel"
+    ]
+    assert fold["content"]["data"]["state"]["titles"] == ["Reasoning…"]
+    # (What had come when it opened is its first output; the rest streams in.)
+    opened = [
+        output["text"]
+        for m in run.of_type("comm_open")
+        for output in m["content"]["data"]["state"].get("outputs", [])
+        if output.get("output_type") == "stream"
+    ]
+    streamed = "".join(m["content"]["text"] for m in run.of_type("stream"))
+    assert "".join(opened) + streamed == reasoning and streamed
+    folds = [
+        m["content"]["data"]["state"]
+        for m in run.of_type("comm_msg")
+        if m["content"]["comm_id"] == fold["content"]["comm_id"]
+        and "titles" in m["content"]["data"].get("state", {})
+    ]
+    assert folds[-1]["titles"] == [f"Reasoning ({len(reasoning):,} characters)"]
+    # The answer's blocks come after the reasoning, in the answer's own widget.
+    types = [m["msg_type"] for m in run.messages]
+    last_reasoning = max(i for i, t in enumerate(types) if t == "stream")
+    blocks = [m for m in run.of_type("display_data") if "text/markdown" in m["content"]["data"]]
+    assert all(run.messages.index(m) > last_reasoning for m in blocks)
+
+    # At the end: the reasoning folded in HTML above the answer; the plain text, the answer.
+    (update,) = run.of_type("update_display_data")
+    data = update["content"]["data"]
+    assert data["text/markdown"].startswith(
+        f"<details><summary>Reasoning ({len(reasoning):,} characters)</summary>\n"
+    )
+    assert (
+        f"</details>\n\n{answer}\n\n<small><i>openai:gpt-4o · first piece in "
+        in (data["text/markdown"])
+    )
+    assert data["text/plain"].startswith(f"{answer}\n\n(openai:gpt-4o · ")
+    assert record_in(update["content"]).reasoning == reasoning
 
 
 def execute_in_cell(kc: BlockingKernelClient, code: str, cell_id: str) -> Execution:

@@ -326,7 +326,7 @@ def test_a_bad_setting_is_refused(magics: FlowGptMagics) -> None:
         magics.temperature = 7
     with pytest.raises(TraitError, match="Unknown model"):
         magics.default_model = "gpt-5"
-    assert (magics.temperature, magics.default_model) == (0.7, "gpt-3.5-turbo")
+    assert (magics.temperature, magics.default_model) == (None, "gpt-3.5-turbo")
 
 
 def test_proxy_credentials_are_not_shown_by_config(

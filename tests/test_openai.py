@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -18,6 +20,7 @@ from flowgpt_magic import (
     OpenAICompatible,
     RequestFailedError,
     ResponseFormatError,
+    ResponseTimeoutError,
 )
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.providers import AsyncResult, Finish, Reasoning, ServedBy, Usage
@@ -63,6 +66,7 @@ async def test_streams_the_answer_and_sends_messages_as_they_are(
         "messages": MESSAGES,
         "temperature": 0.3,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     assert request.headers["Accept"] == "text/event-stream"
     assert "Authorization" not in request.headers  # no key configured: none sent
@@ -366,3 +370,164 @@ async def test_a_read_holding_only_the_blank_line_still_ends_the_event(
         OpenAICompatible.create_async_generator("m", MESSAGES, base_url=str(server.make_url("/v1")))
     )
     assert pieces == ["one ", "two"]
+
+
+# -- what real servers do -----------------------------------------------------------------
+
+
+def test_a_role_the_protocol_has_not_is_refused_before_sending() -> None:
+    messages = [{"role": "robot", "content": "Beep"}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\] has the role 'robot'"):
+        OpenAICompatible.create_async_generator("gpt-4o", messages)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"model": "x"}, "model cannot be given as parameters"),
+        ({"temperature": 0.2}, "temperature has its own option"),
+        ({"bad name": 1}, "'bad name' is not a parameter name"),
+        ({"seed": object()}, "must be a JSON value"),
+    ],
+)
+def test_parameters_that_cannot_be_sent_are_refused(params: dict[str, object], words: str) -> None:
+    with pytest.raises(InvalidRequestError, match=words):
+        OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, params=params)
+
+
+async def test_parameters_go_beside_the_messages(openai_server: LocalServer) -> None:
+    params = {"max_tokens": 7, "top_p": 0.5, "stop": ["\n\n"], "stream_options": {"x": 1}}
+    pieces = await collect(
+        OpenAICompatible.create_async_generator("gpt-4o", MESSAGES, params=params)
+    )
+    body = openai_server.state.requests[0].body
+    assert (body["max_tokens"], body["top_p"], body["stop"]) == (7, 0.5, ["\n\n"])
+    assert body["stream_options"] == {"include_usage": True, "x": 1}
+    assert len(pieces) == 7  # (the local server counts words as tokens)
+
+
+async def test_a_server_that_refuses_stream_options_is_asked_again_without(
+    aiohttp_raw_server: RawServerFactory,
+) -> None:
+    bodies: list[dict[str, object]] = []
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        bodies.append(await request.json())
+        if "stream_options" in bodies[-1]:
+            error = {"error": {"message": "Unrecognized request argument: stream_options"}}
+            return web.json_response(error, status=400)
+        return await sse_handler([f"data: {delta('Hi')}\n\n".encode(), b"data: [DONE]\n\n"])(
+            request
+        )
+
+    server = await aiohttp_raw_server(handler)
+    notices: list[object] = []
+    pieces = await collect(
+        OpenAICompatible.create_async_generator(
+            "m", MESSAGES, base_url=str(server.make_url("/v1")), on_retry=notices.append
+        )
+    )
+    assert pieces == ["Hi"]
+    assert ["stream_options" in body for body in bodies] == [True, False]
+    assert notices == []  # not a retry: a request the server can take
+
+
+async def test_keep_alive_comments_do_not_keep_a_silent_model_alive(
+    aiohttp_raw_server: RawServerFactory,
+) -> None:
+    # llama.cpp sends ":" lines while it reads a long prompt; they carry no answer.
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(100):  # 10 s of comments, unless the client leaves first
+            await response.write(b":\n\n")
+            await asyncio.sleep(0.1)
+        return response
+
+    server = await aiohttp_raw_server(handler)
+    started = time.monotonic()
+    with pytest.raises(ResponseTimeoutError, match=r"sent no text for 0\.5 s before the first"):
+        await collect(
+            OpenAICompatible.create_async_generator(
+                "m", MESSAGES, base_url=str(server.make_url("/v1")), first_piece_timeout=0.5
+            )
+        )
+    assert time.monotonic() - started < 5
+
+
+# -- the magics, with what real servers send -----------------------------------------------
+
+
+def test_parameters_come_from_the_settings_and_the_cell(
+    shell: InteractiveShell, openai_server: LocalServer
+) -> None:
+    shell.run_line_magic("config", "FlowGptMagics.params = {'max_tokens': 50, 'top_p': 0.9}")
+    cell = (
+        '%%flowgpt -m openai:gpt-4o -p max_tokens=200 -p stop=\'["\\n\\n", "END"]\' -p user=me\nHi'
+    )
+    assert shell.run_cell(cell).error_in_exec is None
+    body = openai_server.state.requests[0].body
+    assert (body["max_tokens"], body["top_p"], body["user"]) == (200, 0.9, "me")
+    assert body["stop"] == ["\n\n", "END"]
+    assert "temperature" not in body  # none set: the server's own
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("-m openai:gpt-4o -p max_tokens", "-p takes NAME=VALUE, such as -p max_tokens=200"),
+        ("-m openai:gpt-4o -p temperature=1", "temperature has its own option (-t"),
+        ("-p max_tokens=20", "FlowGPT's protocol has no parameter max_tokens"),
+    ],
+)
+def test_a_parameter_that_cannot_be_sent_is_one_line_and_nothing_is_sent(
+    shell: InteractiveShell, openai_server: LocalServer, line: str, words: str
+) -> None:
+    error = shell.run_cell(f"%%flowgpt {line}\nHi").error_in_exec
+    assert isinstance(error, UsageError) and words in str(error) and "\n" not in str(error)
+    assert openai_server.state.requests == []
+
+
+def test_an_answer_cut_at_its_token_limit_says_so_and_is_kept(
+    shell: InteractiveShell,
+    openai_server: LocalServer,
+    magics: FlowGptMagics,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert shell.run_cell("%%flowgpt -m openai:gpt-4o -p max_tokens=6\nHi").error_in_exec is None
+    out = capsys.readouterr().out
+    (record,) = magics.conversation  # a cut answer is still what the model said
+    assert record.finish_reason == "length" and len(record.answer.split()) == 6
+    assert f"{record.answer}\n(openai:gpt-4o · first piece in " in out
+    assert " · 1 token in, 6 out" in out  # the usage the server counted ("Hi")
+    assert '■ Cut short: the model reached its token limit (finish reason "length").' in out
+    assert "-p max_tokens=4096" in out
+
+
+def test_reasoning_is_shown_apart_kept_in_the_record_and_never_sent_back(
+    shell: InteractiveShell,
+    openai_server: LocalServer,
+    magics: FlowGptMagics,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert shell.run_cell("%%flowgpt -m openai:gpt-4o -o kept\n/think\nWhy?").error_in_exec is None
+    out = capsys.readouterr().out
+    (record,) = magics.conversation
+    assert record.reasoning.startswith("(Offline reasoning.) The question is «Why?».")
+    assert out.startswith(f"Reasoning: {record.reasoning}\n{record.answer}\n(")
+    assert "\x1b[" not in out  # (dim only where the screen is a terminal)
+    assert shell.user_ns["kept"] == shell.user_ns["_flowgpt"] == record.answer
+    assert "reasoning" not in record.answer.lower()
+
+    assert shell.run_cell("%%flowgpt -m openai:gpt-4o\nAnd then?").error_in_exec is None
+    context = openai_server.state.requests[1].body["messages"][:-1]
+    assert context == record.wire_messages()
+
+
+def test_a_model_that_only_thought_says_why_there_is_no_answer(
+    shell: InteractiveShell, openai_server: LocalServer, magics: FlowGptMagics
+) -> None:
+    error = shell.run_cell("%%flowgpt -m openai:gpt-4o -p max_tokens=3\n/think\nWhy?").error_in_exec
+    assert isinstance(error, UsageError)
+    assert "spent its whole token limit reasoning" in str(error) and "max_tokens" in str(error)
+    assert len(magics.conversation) == 0

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from flowgpt_magic import FlowGptError
 from flowgpt_magic.providers.base import StreamParser
+from flowgpt_magic.providers.events import Reasoning
 from flowgpt_magic.providers.flowgpt import NdjsonTextParser
 from flowgpt_magic.providers.lines import LineBuffer
 from flowgpt_magic.providers.openai import SseParser
@@ -60,7 +61,14 @@ def test_any_split_of_a_server_sent_event_stream_gives_the_same_pieces(
     events = [{"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces]
     stream = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events)
     stream += "data: [DONE]\n\n"
-    assert decode(split(stream.encode(), where), SseParser()) == pieces
+    decoded = decode(split(stream.encode(), where), SseParser())
+    whole = "".join(pieces)
+    if not whole.lstrip().startswith("<think>"):
+        # The same text, but for the answer's first blank lines (dropped); at its start,
+        # what could open a <think> block is held back until it is clear that it does not.
+        assert "".join(decoded) == whole.lstrip("\r\n")
+        if pieces and pieces[0].strip() and not "<think>".startswith(pieces[0].lstrip()[:7]):
+            assert decoded == [pieces[0].lstrip("\r\n"), *pieces[1:]]
 
 
 @given(st.lists(st.binary(max_size=200), max_size=20))
@@ -192,3 +200,53 @@ def test_a_run_of_text_events_takes_the_fast_path(texts: list[str], opening: byt
     separators = (", ", ": ") if opening == OPENING else (",", ":")
     lines = [json.dumps({"event": "text", "data": t}, separators=separators) for t in texts]
     assert text_event_data("\n".join(lines).encode()) == texts
+
+
+# -- reasoning left in the content ---------------------------------------------------------
+
+
+def content_events(pieces: list[str]) -> list[object]:
+    """What the OpenAI-compatible parser makes of content that arrives in these pieces."""
+    chunks = [{"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces]
+    stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return decode([stream.encode()], SseParser())
+
+
+def merged(events: list[object]) -> tuple[str, str]:
+    """The reasoning and the answer that events carry, each joined."""
+    thought = "".join(e.text for e in events if isinstance(e, Reasoning))
+    return thought, "".join(e for e in events if isinstance(e, str))
+
+
+@given(
+    st.text(st.characters(blacklist_characters="<"), max_size=40),
+    st.text(max_size=40),
+    st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=20),
+    st.sampled_from(["", "\n", "  \n"]),
+)
+@settings(max_examples=500, deadline=None)
+def test_a_think_block_at_the_start_is_reasoning_however_the_content_is_split(
+    thought: str, answer: str, sizes: list[int], before: str
+) -> None:
+    content = f"{before}<think>{thought}</think>\n\n{answer}"
+    pieces, at = [], 0
+    for size in itertools.cycle(sizes):
+        if at >= len(content):
+            break
+        pieces.append(content[at : at + size])
+        at += size
+    assert merged(content_events(pieces)) == (thought, answer.lstrip("\r\n"))
+
+
+@given(st.text(min_size=1, max_size=60), st.lists(st.integers(1, 9), min_size=1, max_size=20))
+@settings(max_examples=500, deadline=None)
+def test_content_without_a_think_block_is_all_answer(text: str, sizes: list[int]) -> None:
+    if text.lstrip().startswith("<think>"):
+        return
+    pieces, at = [], 0
+    for size in itertools.cycle(sizes):
+        if at >= len(text):
+            break
+        pieces.append(text[at : at + size])
+        at += size
+    assert merged(content_events(pieces)) == ("", text.lstrip("\r\n"))

@@ -355,7 +355,7 @@ async def test_silence_longer_than_the_timeout_is_a_clear_error(
     server = await aiohttp_raw_server(handler)
     url = str(server.make_url("/"))
     pieces: list[str] = []
-    with pytest.raises(ResponseTimeoutError, match=r"sent nothing for 0\.2 s"):
+    with pytest.raises(ResponseTimeoutError, match=r"sent no text for 0\.2 s"):
         async for piece in FlowGpt.create_async_generator(
             "gpt-3.5-turbo", USER, api_url=url, timeout=0.2
         ):

@@ -90,12 +90,36 @@ def test_outputs_that_are_no_answer_s_carry_no_record() -> None:
     assert record_in({"data": {}, "metadata": None}) is None
 
 
-def test_the_footer_names_the_model_and_the_timings() -> None:
+def test_the_footer_names_the_model_the_timings_and_the_tokens() -> None:
+    # 40 tokens written in 3.4 - 0.21 s: 13 a second. (qwen3-8b-q4 is the model asked.)
     assert FULL.footer() == (
-        "openai:qwen3 · first piece in 0.21 s · 3.40 s in all · 1,412 pieces · 8 characters"
+        "openai:qwen3 · first piece in 0.21 s · 3.40 s in all · 12 tokens in, 40 out "
+        "(13 a second) · 8 characters"
     )
-    one = FULL._replace(first_piece_seconds=0.0, pieces=1, answer="abc")
+    # Without the server's count of tokens, the pieces that came.
+    one = FULL._replace(first_piece_seconds=0.0, pieces=1, answer="abc", usage=None)
     assert one.footer().endswith("first piece in 0.00 s · 3.40 s in all · 1 piece · 3 characters")
+
+
+@pytest.mark.parametrize(
+    ("asked", "served", "shown"),
+    [
+        ("openai:gpt-4o-mini", "gpt-4o-mini-2024-07-18", "openai:gpt-4o-mini · "),
+        ("openai:gpt-5", "SmolLM2", "openai:gpt-5 (answered by SmolLM2) · "),
+        ("gemini", None, "gemini · "),
+    ],
+)
+def test_the_footer_names_the_model_that_answered_when_it_is_another(
+    asked: str, served: str | None, shown: str
+) -> None:
+    assert FULL._replace(model=asked, served_by=served).footer().startswith(shown)
+
+
+def test_an_answer_cut_short_says_so_and_what_to_raise() -> None:
+    assert FULL.notice() is None
+    cut = FULL._replace(finish_reason="length").notice()
+    assert cut is not None and "token limit" in cut and "-p max_tokens=" in cut
+    assert "content filter" in str(FULL._replace(finish_reason="content_filter").notice())
 
 
 def test_context_is_the_prompt_and_the_answer_never_the_reasoning() -> None:

@@ -105,7 +105,7 @@ async def test_waiting_for_the_first_piece_and_between_pieces_are_separate_limit
     flowgpt_server: LocalServer,
 ) -> None:
     flowgpt_server.state.options.fault = "hang"
-    with pytest.raises(ResponseTimeoutError, match=r"nothing for 0\.3 s before the first piece"):
+    with pytest.raises(ResponseTimeoutError, match=r"no text for 0\.3 s before the first piece"):
         await collect(
             FlowGpt.create_async_generator(
                 "gpt-3.5-turbo", USER, first_piece_timeout=0.3, timeout=30
@@ -114,7 +114,7 @@ async def test_waiting_for_the_first_piece_and_between_pieces_are_separate_limit
         )
     flowgpt_server.state.options.fault = "stall"
     pieces: list[str] = []
-    with pytest.raises(ResponseTimeoutError, match=r"nothing for 0\.3 s in the middle"):
+    with pytest.raises(ResponseTimeoutError, match=r"no text for 0\.3 s in the middle"):
         await collect(
             FlowGpt.create_async_generator(
                 "gpt-3.5-turbo", USER, first_piece_timeout=30, timeout=0.3
@@ -143,8 +143,8 @@ ROWS: dict[str, tuple[str, int, int]] = {
     "html-502": ("answered 502 Bad Gateway: an HTML page titled '502 Error'", 0, 3),
     "close": ("closed the connection before answering", 0, 3),
     "reset": ("broke while the answer was streaming; what had arrived is kept", 3, 1),
-    "hang": ("sent nothing for 0.5 s before the first piece", 0, 1),
-    "stall": ("sent nothing for 0.5 s in the middle of the answer", 3, 1),
+    "hang": ("sent no text for 0.5 s before the first piece", 0, 1),
+    "stall": ("sent no text for 0.5 s in the middle of the answer", 3, 1),
     "malformed": ("sent a line that is not UTF-8 JSON ('{not json}')", 3, 1),
     "long-line": ("", -1, 1),  # accepted: lines up to 16 MiB are fine
     "bad-utf8": ("sent a line that is not UTF-8 JSON", 3, 1),

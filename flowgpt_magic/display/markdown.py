@@ -118,25 +118,62 @@ def code_of(text: str) -> tuple[str, str]:
     return "\n".join(code).strip("\n"), language or "python"
 
 
-def static_bundle(text: str, answer_format: Format, footer: str | None = None) -> dict[str, str]:
+def static_bundle(
+    text: str,
+    answer_format: Format,
+    footer: str | None = None,
+    *,
+    reasoning: str = "",
+    notice: str | None = None,
+) -> dict[str, str]:
     """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
-    that frontends highlight it), always with plain text beside it; the footer under it."""
-    if not text:
+    that frontends highlight it), always with plain text beside it; the footer under it,
+    and under that a ``notice`` (an answer cut short). The model's ``reasoning`` comes
+    first, folded (an HTML ``<details>``); the plain text is the answer's alone."""
+    import html
+
+    if not text and not reasoning:
         return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
-    plain_footer = f"\n\n({footer})" if footer else ""
+    under, marks = [], []  # the lines under the answer: as plain text, and as HTML
+    if footer:
+        under.append(f"({footer})")
+        marks.append(f"<small><i>{html.escape(footer)}</i></small>")
+    if notice:
+        under.append(f"■ {notice}")
+        marks.append(html.escape(f"■ {notice}"))
+    folded = _folded(reasoning) if reasoning else ""
     if answer_format == "text":
-        return {"text/plain": text + plain_footer}
+        plain = _paragraphs(text, *under)
+        if not folded:
+            return {"text/plain": plain}
+        page = f"<pre>{html.escape(text)}</pre>" if text else ""
+        html_marks = "".join(f"<p>{mark}</p>" for mark in marks)
+        return {"text/html": folded + page + html_marks, "text/plain": plain}
     if answer_format == "markdown":
         markdown, plain = text + _closing_fence(text), text
     else:
         plain, language = code_of(text)
         ticks = "`" * max(3, _longest_run(plain, "`") + 1)
-        markdown = f"{ticks}{language}\n{plain}\n{ticks}"
-    if footer:
-        import html
+        markdown = f"{ticks}{language}\n{plain}\n{ticks}" if text else ""
+    return {
+        "text/markdown": _paragraphs(folded, markdown, *marks),
+        "text/plain": _paragraphs(plain, *under),
+    }
 
-        markdown += f"\n\n<small><i>{html.escape(footer)}</i></small>"
-    return {"text/markdown": markdown, "text/plain": plain + plain_footer}
+
+def _paragraphs(*parts: str) -> str:
+    return "\n\n".join(part for part in parts if part)
+
+
+def _folded(reasoning: str) -> str:
+    """The model's reasoning, folded: HTML, so that Markdown leaves its text alone."""
+    import html
+
+    return (
+        f"<details><summary>Reasoning ({len(reasoning):,} characters)</summary>\n"
+        f'<pre style="white-space: pre-wrap">{html.escape(reasoning.strip())}</pre>\n'
+        "</details>"
+    )
 
 
 def _closing_fence(text: str) -> str:

@@ -51,7 +51,13 @@ FLUSH_INTERVAL = 1 / 15
 class WidgetView:
     """The answer (an Output widget capturing this cell's output) and a status line under
     it, in one box, shown ``SHOW_AFTER`` seconds after the request goes out; replaced by
-    one static output when the answer ends."""
+    one static output when the answer ends.
+
+    A reasoning model's thinking goes above the answer, into an Output of its own inside an
+    Accordion: open, and capturing the cell's output, while the model thinks; folded once
+    the answer starts, when the answer's Output captures instead. An answer without
+    reasoning makes none of these widgets.
+    """
 
     def __init__(self, waiting: str, answer_format: Format, footer: bool = True) -> None:
         import ipywidgets  # here, so that a broken install fails before the request
@@ -64,6 +70,9 @@ class WidgetView:
         self.pieces: list[str] = []
         self.extend = self.pieces.extend
         self._shown = 0  # how many pieces have been sent to the frontend
+        self._thoughts: list[str] = []  # the reasoning so far
+        self._thoughts_shown = 0
+        self._reasoning: Any = None  # the Accordion, once there is reasoning to show
         self._timer: asyncio.TimerHandle | None = None
         self._live = False  # the box is on screen
         self._finished = False
@@ -99,8 +108,52 @@ class WidgetView:
         self._answer.msg_id = _current_msg_id()
         self._live = True
         self._timer = None
+        if self._thoughts:
+            self._open_reasoning()
         if self.pieces:
             self._begin_updates()
+
+    def reasoning(self, text: str) -> None:
+        self._thoughts.append(text)
+        if self._live and self._reasoning is None:
+            self._open_reasoning()
+        # else _show, when due, shows the reasoning that has come by then
+
+    def _open_reasoning(self) -> None:
+        """Put the reasoning above the answer: open, and capturing the cell's output until
+        the answer starts (folded, if it has)."""
+        ipywidgets = self._widgets
+        layout = _shared_layout()
+        thoughts = "".join(self._thoughts)
+        self._thoughts_shown = len(self._thoughts)
+        output = ipywidgets.Output(outputs=(_stream(thoughts),), layout=layout)
+        self._reasoning = ipywidgets.Accordion((output,), titles=("Reasoning…",), layout=layout)
+        self._box.children = (self._reasoning, self._answer, self._status)
+        self._status.outputs = ()  # (no more waiting: the model is thinking)
+        if self.pieces:
+            self._fold_reasoning()
+            return
+        self._reasoning.selected_index = 0
+        output.msg_id, self._answer.msg_id = self._answer.msg_id, ""
+        if self._timer is None:
+            self._schedule()
+
+    def _fold_reasoning(self) -> None:
+        """The answer has started: fold the reasoning, and let the answer capture."""
+        reasoning = self._reasoning
+        (output,) = reasoning.children
+        if output.msg_id:
+            self._write_thoughts()
+            self._answer.msg_id, output.msg_id = output.msg_id, ""
+        reasoning.selected_index = None
+        reasoning.set_title(0, f"Reasoning ({sum(map(len, self._thoughts)):,} characters)")
+
+    def _write_thoughts(self) -> None:
+        """Send the reasoning that came since the last update (while it is captured)."""
+        if len(self._thoughts) > self._thoughts_shown:
+            sys.stdout.write("".join(self._thoughts[self._thoughts_shown :]))
+            sys.stdout.flush()  # (before the capture moves on, if it does)
+            self._thoughts_shown = len(self._thoughts)
 
     def started(self) -> None:
         if self._live:
@@ -109,15 +162,20 @@ class WidgetView:
 
     def _begin_updates(self) -> None:
         """Show the pieces so far in place of the status line; the rest on the clock."""
+        if self._reasoning is not None:
+            self._fold_reasoning()
         if self._blocks is None:
             self._status.outputs = ()  # (in Markdown, the unfinished block replaces it)
         self._flush()
-        self._schedule()
+        if self._timer is None:
+            self._schedule()
 
     def _tick(self) -> None:
         """Send what arrived since the last update; come back in FLUSH_INTERVAL seconds."""
         if len(self.pieces) > self._shown:
             self._flush()
+        elif self._reasoning is not None and not self.pieces:
+            self._write_thoughts()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -126,7 +184,7 @@ class WidgetView:
         self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
 
     def retrying(self, notice: RetryNotice) -> None:
-        if self.pieces:
+        if self.pieces or self._thoughts:
             return
         self._status_line = f"{self._waiting} {retry_line(notice)}"
         if not self._live:
@@ -142,12 +200,14 @@ class WidgetView:
         self._cancel_timer()
         text = record.answer
         footer = record.footer() if self._footer and text else None
-        bundle = static_bundle(text, self._format, footer)
+        bundle = static_bundle(
+            text, self._format, footer, reasoning=record.reasoning, notice=record.notice()
+        )
         metadata = {METADATA_KEY: record.to_json()}
         if not self._live:
             # The answer came and went before the view was due: show it once, finished
             # (nothing, if nothing came: the error says why).
-            if text:
+            if text or record.reasoning:
                 from IPython.display import display
 
                 display(bundle, raw=True, metadata=metadata)
@@ -156,8 +216,11 @@ class WidgetView:
         # (an interrupt, a failed request) must land in the cell, not in a closed widget.
         # What is still pending need not be sent: the static output replaces it all.
         self._answer.msg_id = ""
+        reasoning = () if self._reasoning is None else (self._reasoning, *self._reasoning.children)
+        for output in reasoning[1:]:
+            output.msg_id = ""  # (it captures still, if no answer came)
         self._handle.update(bundle, raw=True, metadata=metadata)
-        for widget in (self._box, self._answer, self._status):
+        for widget in (self._box, self._answer, self._status, *reasoning):
             widget.close()
 
     def _cancel_timer(self) -> None:
@@ -199,6 +262,11 @@ def _note(text: str) -> dict[str, Any]:
         "data": {"text/html": _grey(text), "text/plain": text},
         "metadata": {},
     }
+
+
+def _stream(text: str) -> dict[str, Any]:
+    """An output of text, as the cell's stdout would make it."""
+    return {"output_type": "stream", "name": "stdout", "text": text}
 
 
 def _markdown(text: str) -> dict[str, Any]:

@@ -12,7 +12,9 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -76,6 +78,8 @@ class Provider:
     default_model: ClassVar[str]
     models: ClassVar[list[str]]
     model_aliases: ClassVar[dict[str, str]] = {}
+    #: The roles a message may have.
+    roles: ClassVar[tuple[str, ...]] = ("system", "user", "assistant")
     #: Keyword arguments of this protocol's own (its endpoint, a key), beside the common ones.
     options: ClassVar[tuple[str, ...]] = ()
     #: How a user changes the endpoint, and what to do about an HTTP status: for errors.
@@ -90,6 +94,7 @@ class Provider:
         proxy: str | None = None,
         temperature: float | None = None,
         *,
+        params: Mapping[str, Any] | None = None,
         timeout: float | None = TIMEOUT,
         first_piece_timeout: float | None = None,
         connect_timeout: float | None = CONNECT_TIMEOUT,
@@ -100,9 +105,11 @@ class Provider:
     ) -> AsyncResult:
         """Stream the answer to ``messages``: the last is the question, the others context.
 
-        ``temperature`` None is the protocol's own default. ``timeout`` is how long the
-        server may stay silent between pieces, ``first_piece_timeout`` before the first
-        (None: as ``timeout``); nothing limits a whole answer. A request that fails before
+        ``temperature`` None is the protocol's own default. ``params`` are more of the
+        model's parameters (``max_tokens``, ``top_p``, ``seed``, ``stop``...), sent as they
+        are where the protocol takes them. ``timeout`` is how long the server may stay
+        silent between pieces, ``first_piece_timeout`` before the first (None: as
+        ``timeout``); nothing limits a whole answer. A request that fails before
         any text arrived is tried up to ``retries`` more times, and ``on_retry`` is told
         each time. ``session`` is an aiohttp session of the caller's to reuse (left open).
         ``options`` are the protocol's own (see ``options``). Everything is checked here,
@@ -114,7 +121,13 @@ class Provider:
                 f"accepts {', '.join(cls.arguments())}."
             )
         checked = None if temperature is None else check_temperature(temperature)
-        request = cls.prepare(cls.get_model(model), checked_messages(messages), checked, **options)
+        request = cls.prepare(
+            cls.get_model(model),
+            checked_messages(messages, cls.roles),
+            checked,
+            check_params(params or {}),
+            **options,
+        )
         request = request._replace(
             proxy=check_proxy(proxy),
             endpoint_hint=cls.endpoint_hint,
@@ -141,7 +154,12 @@ class Provider:
 
     @classmethod
     def prepare(
-        cls, model: str, messages: Messages, temperature: float | None, **options: Any
+        cls,
+        model: str,
+        messages: Messages,
+        temperature: float | None,
+        params: Mapping[str, Any],
+        **options: Any,
     ) -> HttpRequest:
         """The request for checked arguments: URL, headers and JSON body."""
         raise NotImplementedError
@@ -254,7 +272,8 @@ def check_temperature(value: object) -> float:
     return float(value)
 
 
-def checked_messages(messages: Messages) -> Sequence[Message]:
+def checked_messages(messages: Messages, roles: Sequence[str]) -> Sequence[Message]:
+    """``messages``, if each is a dict with one of ``roles`` and string content."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidRequestError(
             "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
@@ -270,7 +289,33 @@ def checked_messages(messages: Messages) -> Sequence[Message]:
                 f"messages[{index}] must be a dict with string 'role' and 'content', "
                 f"not {message!r:.80}."
             )
+        if message["role"] not in roles:
+            raise InvalidRequestError(
+                f"messages[{index}] has the role {message['role']!r}; the roles are "
+                f"{', '.join(roles)}."
+            )
     return messages
+
+
+#: What a parameter's name may look like (OpenAI's all do: max_tokens, top_p...).
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``params``, if each name looks like a parameter's and each value is JSON."""
+    if not isinstance(params, Mapping):
+        raise InvalidRequestError(f"params must be a dict, not {type(params).__name__}.")
+    for name, value in params.items():
+        if not (isinstance(name, str) and _PARAMETER_NAME.fullmatch(name)):
+            raise InvalidRequestError(f"{name!r} is not a parameter name (like max_tokens).")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(
+                f"The parameter {name} must be a JSON value (a number, a string, a list...), "
+                f"not {type(value).__name__}."
+            ) from None
+    return params
 
 
 # -- streaming ----------------------------------------------------------------------------
@@ -285,29 +330,39 @@ async def _stream(
 ) -> AsyncGenerator[Any, None]:
     """POST the request and yield the answer as ``parser`` reads it, as ``mode`` says.
 
+    The silences allowed (before the first piece, between pieces) are measured from the
+    last text or reasoning that arrived, not from the last bytes: a server's keep-alive
+    comments (llama.cpp's ``:`` lines) do not keep a silent model alive.
+
     One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
     response and the session right here, not whenever an inner one is collected.
     """
+    import asyncio
+
     import aiohttp
 
     failures = request_failures()
+    clock = asyncio.get_running_loop().time
     own_session = session is None
     if session is None:
         session = aiohttp.ClientSession(timeout=client_timeout(delivery))
     try:
-        response = await answering(session, request, delivery)
+        response, sent = await answering(session, request, delivery)
         async with response:
             lines = LineBuffer()
             read = response.content.readany
             silence, started = delivery.first_piece_limit, False
+            deadline = None if silence is None else sent + silence
             try:
-                while chunk := await within(read(), silence):
+                while chunk := await within(read(), _until(deadline, clock)):
                     block = lines.feed(chunk)
                     if block is not None:
                         events = parser.parse(block)
                         if events:
-                            if not started and _has_content(events):
-                                silence, started = delivery.timeout, True
+                            if _has_content(events):
+                                if not started:
+                                    silence, started = delivery.timeout, True
+                                deadline = None if silence is None else clock() + silence
                             for item in _items(events, parser.text_only, mode):
                                 yield item
                         if parser.error is not None:
@@ -336,8 +391,20 @@ async def _stream(
             await session.close()
 
 
+def _until(deadline: float | None, clock: Callable[[], float]) -> float | None:
+    """Seconds left until ``deadline`` (None: no limit); none left is a timeout now."""
+    if deadline is None:
+        return None
+    left = deadline - clock()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
 def _has_content(events: list[Event]) -> bool:
-    """Whether text or reasoning came: what ends the wait for the first piece."""
+    """Whether text or reasoning came: what the silences are measured from."""
+    if events[-1].__class__ is str:  # (the common case, whatever came before)
+        return True
     return any(event.__class__ is str or event.__class__ is Reasoning for event in events)
 
 

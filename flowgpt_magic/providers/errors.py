@@ -29,18 +29,11 @@ if TYPE_CHECKING:
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
-def timeout_errors() -> tuple[type[Exception], ...]:
-    """The timeout exceptions aiohttp may raise (asyncio's is not the builtin on 3.10)."""
-    import asyncio  # not at import time: loading the extension must stay cheap
-
-    return (asyncio.TimeoutError, TimeoutError)
-
-
 def request_failures() -> tuple[type[Exception], ...]:
     """What a request may raise that :func:`translate_error` turns into our own errors."""
     import aiohttp
 
-    return (aiohttp.ClientError, *timeout_errors())
+    return (aiohttp.ClientError, TimeoutError)
 
 
 def host_of(url: str) -> str:
@@ -93,11 +86,11 @@ def translate_error(
             "server is reachable, or raise the connect timeout.",
             retryable=True,
         )
-    if isinstance(error, timeout_errors()):
+    if isinstance(error, TimeoutError):
         when = "in the middle of the answer" if started else "before the first piece"
         setting = "timeout" if started else "first_piece_timeout"
         return ResponseTimeoutError(
-            f"{host} sent nothing for {silence:g} s {when}, so the request was abandoned. "
+            f"{host} sent no text for {silence:g} s {when}, so the request was abandoned. "
             f"The server may be overloaded; try again, or raise the {setting}."
         )
     if isinstance(error, aiohttp.InvalidURL):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import string
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..exceptions import FlowGptError, ResponseFormatError
+from ..exceptions import FlowGptError, InvalidRequestError, ResponseFormatError
 from .base import Messages, Provider
 from .events import Event
 from .http import HttpRequest, resolve_endpoint
@@ -88,12 +89,18 @@ class FlowGpt(Provider):
         model: str,
         messages: Messages,
         temperature: float | None,
+        params: Mapping[str, Any],
         api_url: str | None = None,
         **options: Any,
     ) -> HttpRequest:
-        body = build_body(
-            model, messages, DEFAULT_TEMPERATURE if temperature is None else temperature
-        )
+        if params:
+            raise InvalidRequestError(
+                f"FlowGPT's protocol has no parameter {', '.join(params)}: it takes the "
+                "temperature alone. Leave them out, or ask an OpenAI-compatible model "
+                "(-m openai:MODEL)."
+            )
+        temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
+        body = build_body(model, messages, temperature)
         return HttpRequest(cls.endpoint(api_url=api_url), signed_headers(), body)
 
     @classmethod

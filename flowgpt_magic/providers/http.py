@@ -93,6 +93,18 @@ class HttpRequest(NamedTuple):
     proxy: str | None = None
     endpoint_hint: str = ""
     status_advice: Mapping[int, str] = {}
+    #: Fields of the body that a server may not know: one that refuses the request with a
+    #: 400 or 422 naming one of them is asked once more without them.
+    optional: tuple[str, ...] = ()
+
+    def without_optional(self, failure: RequestFailedError) -> HttpRequest | None:
+        """The request without its optional fields, if ``failure`` refused one of them."""
+        if not isinstance(failure, HTTPStatusError) or failure.status not in (400, 422):
+            return None
+        if not any(name in failure.body_excerpt for name in self.optional):
+            return None
+        body = {k: v for k, v in self.body.items() if k not in self.optional}
+        return self._replace(body=body, optional=())
 
     def __repr__(self) -> str:
         # Not the headers (an API key), the body (the conversation) nor the proxy (a password).
@@ -144,14 +156,11 @@ def retry_delay(attempt: int, failure: RequestFailedError) -> float:
 async def within(awaitable: Awaitable[T], limit: float | None) -> T:
     """``await awaitable``, raising TimeoutError after ``limit`` seconds (None: no limit)."""
     import asyncio
-    import sys
 
     if limit is None:
         return await awaitable
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(limit):  # no task a call, unlike wait_for
-            return await awaitable
-    return await asyncio.wait_for(awaitable, limit)
+    async with asyncio.timeout(limit):  # no task a call, unlike wait_for
+        return await awaitable
 
 
 def client_timeout(delivery: Delivery) -> aiohttp.ClientTimeout:
@@ -164,12 +173,14 @@ def client_timeout(delivery: Delivery) -> aiohttp.ClientTimeout:
 
 async def answering(
     session: aiohttp.ClientSession, request: HttpRequest, delivery: Delivery
-) -> aiohttp.ClientResponse:
-    """POST the request; the response, once the server answers 2xx. Failures before that
-    are tried again as ``delivery`` says, and raised as our own errors."""
+) -> tuple[aiohttp.ClientResponse, float]:
+    """POST the request; the response, once the server answers 2xx, and when (the loop's
+    clock) the request that got it was sent. Failures before that are tried again as
+    ``delivery`` says, and raised as our own errors."""
     import asyncio
     import io
 
+    loop = asyncio.get_running_loop()
     failures = request_failures()
     timeout = client_timeout(delivery)
     payload = json.dumps(request.body, ensure_ascii=False).encode()
@@ -177,6 +188,7 @@ async def answering(
     while True:
         # A body of megabytes goes as a stream, so that sending it never blocks the loop.
         data = io.BytesIO(payload) if len(payload) > LARGE_BODY_BYTES else payload
+        sent = loop.time()
         try:
             response = await within(
                 session.post(
@@ -199,9 +211,12 @@ async def answering(
             )
         else:
             if 200 <= response.status < 300:
-                return response
+                return response, sent
             async with response:
                 failure = await status_error(response, request.url, request.status_advice)
+        if (simpler := request.without_optional(failure)) is not None:
+            request, payload = simpler, json.dumps(simpler.body, ensure_ascii=False).encode()
+            continue  # (not a retry: another request)
         if attempt >= delivery.retries or not failure.retryable:
             raise failure from None
         attempt += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from traitlets import Unicode, validate
@@ -36,6 +37,8 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _ENDPOINT_HINT = f"{BASE_URL_ENV} or OpenAI.base_url"
+#: What a request says itself, and no parameter may.
+_OURS = frozenset({"model", "messages", "stream", "temperature"})
 
 
 class OpenAI(Configurable):
@@ -71,6 +74,7 @@ class OpenAICompatible(Provider):
     default_model = "gpt-4o-mini"
     #: Shown when the server's own list (GET /models) cannot be had.
     models: ClassVar[list[str]] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "o4-mini"]
+    roles = ("system", "developer", "user", "assistant")
     options = ("base_url", "api_key")
     endpoint_hint = _ENDPOINT_HINT
     status_advice: ClassVar[dict[int, str]] = {
@@ -103,21 +107,35 @@ class OpenAICompatible(Provider):
         model: str,
         messages: Messages,
         temperature: float | None,
+        params: Mapping[str, Any],
         base_url: str | None = None,
         api_key: str | None = None,
         **options: Any,
     ) -> HttpRequest:
-        """Messages as they are; a temperature only when one is given (some models refuse
-        any)."""
+        """Messages as they are, the parameters beside them; a temperature only when one is
+        given (some models refuse any); the usage asked for, where the server takes it."""
+        if taken := sorted(params.keys() & _OURS):
+            raise InvalidRequestError(
+                f"The parameter(s) {', '.join(taken)} cannot be given as parameters: the "
+                "model, the messages and streaming are the request's own, and the "
+                "temperature has its own option (-t, or temperature=)."
+            )
+        usage = {"include_usage": True}
+        if isinstance(params.get("stream_options"), Mapping):
+            usage |= params["stream_options"]
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
             "stream": True,
+            **params,
+            "stream_options": usage,
         }
         if temperature is not None:
             body["temperature"] = temperature
         url = cls.endpoint(base_url) + "/chat/completions"
-        return HttpRequest(url, _headers(api_key, accept="text/event-stream"), body)
+        headers = _headers(api_key, accept="text/event-stream")
+        # Not every server knows stream_options: one that refuses it is asked again without.
+        return HttpRequest(url, headers, body, optional=("stream_options",))
 
     @classmethod
     def parser(cls) -> SseParser:
@@ -164,6 +182,9 @@ class SseParser:
     parse it out, the reasoning (``reasoning_content``: llama.cpp, vLLM, DeepSeek;
     ``reasoning``: OpenRouter and others); ``finish_reason`` says why it ended; ``usage``
     comes in the last chunk, or one of its own with no choices; ``model`` in every chunk.
+    A server without a reasoning parser leaves a ``<think>`` block at the start of the
+    content; it is taken out as reasoning too. The answer's leading blank lines (what a
+    model writes after its reasoning) are dropped.
     """
 
     text_only: ClassVar[bool] = False
@@ -173,6 +194,8 @@ class SseParser:
         self.error: FlowGptError | None = None
         self._data: list[bytes] = []
         self._model: str | None = None
+        self._inline: InlineReasoning | None = InlineReasoning()  # until the answer shows
+        self._answered = False  # some of the answer's text has come
 
     def parse(self, block: bytes) -> list[Event]:
         events: list[Event] = []
@@ -194,7 +217,13 @@ class SseParser:
     def finish(self) -> list[Event]:
         events: list[Event] = []
         self._dispatch(events)
+        self._end_of_content(events)
         return events
+
+    def _end_of_content(self, events: list[Event]) -> None:
+        """The answer is over: what was held back of its start is all there is."""
+        if self._inline is not None:
+            self._answer(self._inline.finish(), events)
 
     def _dispatch(self, events: list[Event]) -> None:
         data, self._data = b"\n".join(self._data), []
@@ -202,6 +231,7 @@ class SseParser:
             return
         if data.strip() == b"[DONE]":
             self.done = True
+            self._end_of_content(events)
             return
         self._read_chunk(decode_json_line(data), events)
 
@@ -231,11 +261,82 @@ class SseParser:
             events.append(Reasoning(_string(reasoning, "reasoning")))
         content = delta.get("content")
         if content:
-            events.append(_string(content, "content"))
+            content = _string(content, "content")
+            if self._inline is None and self._answered:
+                events.append(content)  # (the answer's middle: as it comes)
+            else:
+                self._answer(
+                    [content] if self._inline is None else self._inline.feed(content), events
+                )
         if choice.get("finish_reason"):
             events.append(Finish(str(choice["finish_reason"])))
         if isinstance(usage := chunk.get("usage"), dict):
             events.append(usage_of(usage))
+
+    def _answer(self, found: list[Event], events: list[Event]) -> None:
+        """Add what the content held: reasoning, or text, less the answer's first blank
+        lines."""
+        for event in found:
+            if isinstance(event, str) and not self._answered:
+                event = event.lstrip("\r\n")
+                self._answered = bool(event)
+            if event:
+                events.append(event)
+        if self._inline is not None and self._inline.decided:
+            self._inline = None
+
+
+class InlineReasoning:
+    """A ``<think>`` block at the start of an answer's content, taken out as reasoning.
+
+    Until the content shows whether it opens with the tag, it is held back (a few
+    characters); inside the block, only what could be the start of the closing tag is.
+    """
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._thinking = False
+        self.decided = False  # the block is over, or there is none: content is all answer
+
+    def feed(self, text: str) -> list[Event]:
+        held = self._held + text
+        if not self._thinking:
+            start = held.lstrip()
+            if start.startswith(self.OPEN):
+                self._thinking, held = True, start[len(self.OPEN) :]
+            elif self.OPEN.startswith(start):  # ("", "<", "<thi": too soon to say)
+                self._held = held
+                return []
+            else:
+                self._held, self.decided = "", True
+                return [held]
+        end = held.find(self.CLOSE)
+        if end >= 0:
+            self._held, self.decided = "", True
+            thought, rest = held[:end], held[end + len(self.CLOSE) :]
+            return [event for event in (Reasoning(thought) if thought else "", rest) if event]
+        keep = _partial_suffix(held, self.CLOSE)
+        self._held = held[len(held) - keep :]
+        thought = held[: len(held) - keep]
+        return [Reasoning(thought)] if thought else []
+
+    def finish(self) -> list[Event]:
+        """What was held back when the content ended."""
+        held, self._held = self._held, ""
+        self.decided = True
+        if not held:
+            return []
+        return [Reasoning(held) if self._thinking else held]
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """How long the longest end of ``text`` is that could begin ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
 
 
 def _string(value: Any, name: str) -> str:

@@ -10,6 +10,22 @@ _PIECE = re.compile(r"\s*\S+\s*")  # word by word, keeping every space and line 
 #: A prompt whose first line is this gets the rest of itself back, word by word: a way to
 #: see how any text (Markdown, code) streams and renders.
 ECHO = "/echo"
+#: A prompt whose first line is this is thought over first (OpenAI's dialect): its answer
+#: comes after a few words of reasoning, as a reasoning model's does.
+THINK = "/think"
+
+
+def reasoning_pieces(body: Mapping[str, Any]) -> list[str]:
+    """The reasoning an OpenAI-dialect request gets before its answer: none, unless its
+    prompt starts with /think."""
+    question = body["messages"][-1]["content"]
+    if not question.startswith(THINK + "\n"):
+        return []
+    about = _excerpt(question[len(THINK) + 1 :], 60)
+    return _PIECE.findall(
+        f"(Offline reasoning.) The question is «{about}». No model runs here, so the answer "
+        "can only describe the request.\n"
+    )
 
 
 def offline_answer(body: Mapping[str, Any]) -> str:
@@ -19,15 +35,17 @@ def offline_answer(body: Mapping[str, Any]) -> str:
         question = messages[-1]["content"]
         context = sum(1 for m in messages[:-1] if m["role"] not in ("system", "developer"))
         system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
-        temperature = body.get("temperature", 1)
+        temperature = body.get("temperature")
     else:  # FlowGPT's: folded, with a greeting that is not context
         question, system, temperature = body["question"], body["system"], body["temperature"]
         context = len(body["history"]) - 1
+    question = question.removeprefix(THINK + "\n")
     if question.startswith(ECHO + "\n"):
         return str(question[len(ECHO) + 1 :])
+    heat = "no temperature" if temperature is None else f"temperature {temperature:g}"
     return (
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
-        f"temperature {temperature:g}.] You asked: «{_excerpt(question)}». "
+        f"{heat}.] You asked: «{_excerpt(question)}». "
         f"Context: {context} earlier message{'s' if context != 1 else ''}; system message: "
         f"«{_excerpt(system or '(none)')}». No model runs here: this text streams word by word "
         "so that you can try flowgpt-magic without a network."

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .answers import answer_pieces
+from .answers import answer_pieces, reasoning_pieces
 from .faults import choose_fault, early_fault, stream_answer
 from .state import STATE, ReceivedRequest
 
@@ -69,35 +69,58 @@ async def chat(request: web.Request) -> web.StreamResponse:
     early = await early_fault(request, fault)
     if early is not None:
         return early
+    # Words stand for tokens: max_tokens cuts the reasoning and the answer after so many.
+    thinking = reasoning_pieces(body)
     pieces = answer_pieces(body, state.options.min_pieces)
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    finish = "stop"
+    if isinstance(limit, int) and limit < len(thinking) + len(pieces):
+        thinking, pieces = thinking[:limit], pieces[: max(0, limit - len(thinking))]
+        finish = "length"
+    usage = {
+        "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+        "completion_tokens": len(thinking) + len(pieces),
+    }
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     if not body.get("stream"):
         state.note(lambda s: setattr(s, "completed", s.completed + 1))
         message = {"role": "assistant", "content": "".join(pieces)}
-        return web.json_response(
-            _completion(body, "chat.completion", {"message": message, "finish_reason": "stop"})
-        )
+        if thinking:
+            message["reasoning_content"] = "".join(thinking)
+        whole = _completion(body, "chat.completion", {"message": message, "finish_reason": finish})
+        return web.json_response({**whole, "usage": usage})
 
-    def event(choice: dict[str, Any]) -> bytes:
-        chunk = _completion(body, "chat.completion.chunk", choice)
+    def event(choice: dict[str, Any] | None, **fields: Any) -> bytes:
+        chunk = _completion(body, "chat.completion.chunk", choice) | fields
         return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
     return await stream_answer(
         request,
         "text/event-stream; charset=utf-8",
         first=event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}),
-        pieces=[event({"delta": {"content": p}, "finish_reason": None}) for p in pieces],
-        last=event({"delta": {}, "finish_reason": "stop"}) + b"data: [DONE]\n\n",
+        pieces=[
+            *(event({"delta": {"reasoning_content": p}, "finish_reason": None}) for p in thinking),
+            *(event({"delta": {"content": p}, "finish_reason": None}) for p in pieces),
+        ],
+        last=event({"delta": {}, "finish_reason": finish})
+        + (event(None, usage=usage) if with_usage else b"")
+        + b"data: [DONE]\n\n",
         fault=fault,
     )
 
 
-def _completion(body: Mapping[str, Any], kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+def _completion(
+    body: Mapping[str, Any], kind: str, choice: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A completion (or a chunk of one) with ``choice``, or with no choices (usage's)."""
     return {
         "id": "chatcmpl-flowgpt-magic-local",
         "object": kind,
         "created": int(time.time()),
         "model": body["model"],
-        "choices": [{"index": 0, **choice}],
+        "choices": [] if choice is None else [{"index": 0, **choice}],
     }
 
 
