@@ -45,6 +45,16 @@ class RequestFailedError(FlowGptError):
         super().__init__(message)
         self.retryable = retryable
 
+    def adding(self, advice: str) -> RequestFailedError:
+        """The same failure, its message followed by ``advice`` (which may be "")."""
+        if not advice:
+            return self
+        import copy
+
+        failure = copy.copy(self)
+        failure.args = (f"{self} {advice}",)
+        return failure
+
 
 class ConnectionFailedError(RequestFailedError):
     """No connection could be made to the endpoint (refused, unresolvable host, proxy)."""

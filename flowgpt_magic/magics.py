@@ -4,7 +4,9 @@ the answer is kept in variables. Everything else is the chat's (``chat.py``)."""
 from __future__ import annotations
 
 import keyword
+import re
 import shlex
+import sys
 from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,18 +15,30 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
 from .chat import Chat
 from .command import Settings, build_request
 from .conversation import Conversation, exchanges
 from .display import code_of, open_view
-from .exceptions import AnswerInterrupted, FlowGptError, SecretURL
+from .exceptions import AnswerInterrupted, FlowGptError
 from .prompt import ErrorLog
-from .providers import PROVIDERS, FlowGpt, ProviderEntry, ProviderSettings, resolve_model
-from .providers.base import check_temperature
-from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery
+from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
+from .providers.http import Delivery
 from .record import FORMATS
+from .settings import FlowGptSettings
+
+#: A key typed into a cell: api_key="...", os.environ["..._API_KEY"] = "...", %env, sk-...
+_KEY_LITERAL = re.compile(
+    r"""api_key\s*=\s*[rub]?["'][^"'\s]{8,}["']"""
+    r"""|API_KEY["']\s*\]\s*=\s*[rub]?["'][^"'\s]{8,}"""
+    r"""|%env\s+\w*API_KEY[=\s]\s*\S{8,}"""
+    r"""|\bsk-[A-Za-z0-9_-]{20,}"""
+)
+KEY_IN_CELL = (
+    "■ This cell holds an API key, which the notebook keeps when it is saved. Enter keys "
+    "with %flowgpt_key instead (asked for as a password, kept in this kernel only), or "
+    "set OPENAI_API_KEY before starting Jupyter."
+)
 
 
 @contextmanager
@@ -51,91 +65,12 @@ def _parse(magic: Any, line: str) -> Any:
 
 
 @magics_class
-class FlowGptMagics(Magics):
-    """``%%flowgpt``, ``%flowgpt_model`` and ``%flowgpt_history``.
+class FlowGptMagics(Magics, FlowGptSettings):
+    """``%%flowgpt``, ``%flowgpt_model``, ``%flowgpt_history`` and ``%flowgpt_key``.
 
-    Settings are traitlets: ``%config FlowGptMagics.temperature = 0.2`` in a notebook, or
-    ``c.FlowGptMagics.temperature = 0.2`` in ``ipython_config.py``.
+    Settings are traitlets (``settings.py``): ``%config FlowGptMagics.temperature = 0.2``
+    in a notebook, or ``c.FlowGptMagics.temperature = 0.2`` in ``ipython_config.py``.
     """
-
-    default_model = Unicode(
-        FlowGpt.default_model,
-        help="Model used when a cell gives no -m: a FlowGPT name or alias, or PROVIDER:MODEL "
-        "such as openai:gpt-4o-mini (resolved when set).",
-    ).tag(config=True)
-    temperature = Float(
-        None,
-        allow_none=True,
-        help="Sampling temperature, from 0 to 2. None: the provider's own (FlowGPT's "
-        "protocol needs one and sends 0.7; an OpenAI-compatible server gets none, as some "
-        "models refuse any).",
-    ).tag(config=True)
-    params = Dict(
-        help="The model's parameters every cell sends, e.g. {'max_tokens': 1024, 'top_p': "
-        "0.9}; a cell's -p NAME=VALUE adds to them or overrides them.",
-    ).tag(config=True)
-    system_message = Unicode(
-        None,
-        allow_none=True,
-        help="System message sent with every cell that gives no -s. None: the provider's own.",
-    ).tag(config=True)
-    api_url = Unicode(
-        None,
-        allow_none=True,
-        help="Full URL of FlowGPT's chat endpoint. None: $FLOWGPT_API_URL if set, else "
-        "FlowGPT's own. (Other providers have their own settings, e.g. OpenAI.base_url.)",
-    ).tag(config=True)
-    proxy = Unicode(
-        None, allow_none=True, help="HTTP(S) proxy URL, e.g. http://user:password@host:3128."
-    ).tag(config=True)
-    timeout = Float(
-        TIMEOUT,
-        allow_none=True,
-        help="Seconds the server may stay silent between pieces (None: no limit). There is "
-        "no limit on a whole answer.",
-    ).tag(config=True)
-    first_piece_timeout = Float(
-        None,
-        allow_none=True,
-        help="Seconds the server may take to send the first piece (None: as timeout).",
-    ).tag(config=True)
-    history_turns = Int(
-        None,
-        allow_none=True,
-        help="Send at most this many recent exchanges as context (None: all). The "
-        "conversation keeps everything; %flowgpt_history shows it all.",
-    ).tag(config=True)
-    history_chars = Int(
-        None,
-        allow_none=True,
-        help="Send at most this many characters of context, dropping the oldest whole "
-        "exchanges first (None: no limit).",
-    ).tag(config=True)
-    retries = Int(
-        RETRIES,
-        help="How often a request that failed before any text arrived (no connection, 429, "
-        "5xx) is tried again, after a growing pause or the server's Retry-After.",
-    ).tag(config=True)
-    connect_timeout = Float(
-        CONNECT_TIMEOUT, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
-    ).tag(config=True)
-    display_mode = Enum(
-        ["auto", "widget", "text"],
-        "auto",
-        help="How answers stream: 'widget' (an output widget, in Jupyter), 'text' (plain "
-        "stdout), or 'auto' (widget in a kernel, text in a terminal).",
-    ).tag(config=True)
-    answer_format = Enum(
-        list(FORMATS),
-        "markdown",
-        help="How answers show in a notebook: 'markdown' (rendered as it streams), 'text', "
-        "or 'code' (the answer's code blocks, highlighted). A cell's -f overrides it.",
-    ).tag(config=True)
-    footer = Bool(
-        True,
-        help="Show a line under each answer: model, time to the first piece, total time, "
-        "pieces and characters.",
-    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -154,28 +89,10 @@ class FlowGptMagics(Magics):
             shell.events.register("post_run_cell", self._remember_error)
             shell.events.register("pre_run_cell", self._note_cell)
 
-    @validate("default_model")
-    def _resolve_default_model(self, proposal: Any) -> str:
-        try:
-            return resolve_model(proposal.value).id
-        except FlowGptError as error:
-            raise TraitError(str(error)) from None
-
-    @validate("proxy")
-    def _hide_proxy_credentials(self, proposal: Any) -> str | None:
-        return None if proposal.value is None else SecretURL(proposal.value)
-
-    @validate("temperature")
-    def _check_temperature(self, proposal: Any) -> float | None:
-        if proposal.value is None:
-            return None
-        try:
-            return check_temperature(proposal.value)
-        except FlowGptError as error:
-            raise TraitError(str(error)) from None
-
     def _note_cell(self, info: Any) -> None:
         self._cell_id = getattr(info, "cell_id", None)
+        if _KEY_LITERAL.search(getattr(info, "raw_cell", "") or ""):
+            print(KEY_IN_CELL, file=sys.stderr)
 
     def _remember_error(self, result: Any) -> None:
         error = result.error_in_exec or result.error_before_exec
@@ -201,10 +118,6 @@ class FlowGptMagics(Magics):
         assert self.shell is not None
         namespace: dict[str, Any] = self.shell.user_ns
         return namespace
-
-    def request_options(self) -> dict[str, Any]:
-        """FlowGPT's options: its settings are ours (the magics are named after it)."""
-        return {"api_url": self.api_url}
 
     def _settings_of(self, entry: ProviderEntry) -> ProviderSettings:
         settings: ProviderSettings = self.provider_settings.get(entry.name, self)
@@ -339,6 +252,44 @@ class FlowGptMagics(Magics):
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
+
+    # -- %flowgpt_key -------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("provider", nargs="?", default="openai", help="Whose key (default: openai).")
+    @argument("--forget", action="store_true", help="Forget the key entered here.")
+    @line_magic
+    def flowgpt_key(self, line: str) -> None:
+        """Enter a provider's API key without typing it into a cell: it is asked for as a
+        password and kept in this kernel only, never in the notebook, its outputs or the
+        saved history. --forget forgets it (the environment's key is used again)."""
+        args = _parse(self.flowgpt_key, line)
+        keyed = {n: s for n, s in self.provider_settings.items() if s.has_trait("api_key")}
+        settings = keyed.get(args.provider)
+        if settings is None:
+            raise UsageError(
+                f"{args.provider!r} takes no API key; {', '.join(keyed)} does: "
+                f"%flowgpt_key {next(iter(keyed))}."
+            )
+        if args.forget:
+            settings.api_key = None
+            print(f"Forgot the {args.provider} API key entered here.")
+            return
+        import getpass
+
+        from IPython.core.error import StdinNotImplementedError
+
+        try:
+            key = getpass.getpass(f"{args.provider} API key (not shown, not saved): ").strip()
+        except StdinNotImplementedError:
+            raise UsageError(
+                "This frontend cannot ask for a password. Set OPENAI_API_KEY in the "
+                "environment before starting Jupyter instead."
+            ) from None
+        if not key:
+            raise UsageError("No key was entered; nothing changed.")
+        settings.api_key = key
+        print(f"The {args.provider} API key is set for this kernel; it is not saved anywhere.")
 
     # -- %flowgpt_history --------------------------------------------------------------
 

@@ -374,6 +374,30 @@ def test_reasoning_streams_open_above_the_answer_then_folds(
     assert record_in(update["content"]).reasoning == reasoning
 
 
+def test_a_key_entered_as_a_password_is_used_and_never_shown(
+    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    key = "sk-typed-in-a-password-box-0123"
+    flowgpt_server.state.options.api_key = key
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    finish(kc, kc.execute(f"%config OpenAI.base_url = {base!r}"))
+
+    msg_id = kc.execute("%flowgpt_key", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["msg_type"] == "input_request" and request["content"]["password"] is True
+    kc.input(key)
+    entered = finish(kc, msg_id)
+    asked = finish(kc, kc.execute("%%flowgpt -m openai:gpt-4o\nHi"))
+    shown = finish(kc, kc.execute("%config OpenAI"))
+
+    assert entered.reply["status"] == asked.reply["status"] == "ok"
+    assert flowgpt_server.state.requests[0].headers["Authorization"] == f"Bearer {key}"
+    for run in (entered, asked, shown):
+        assert key not in json.dumps(run.messages, default=str)  # no output, record or repr
+    assert "Current: '***'" in "".join(m["content"]["text"] for m in shown.of_type("stream"))
+
+
 def execute_in_cell(kc: BlockingKernelClient, code: str, cell_id: str) -> Execution:
     """Execute as JupyterLab and Notebook 7 do: the cell's id in the request's metadata."""
     content = {

@@ -377,3 +377,33 @@ def test_a_saved_history_holds_no_secrets(
     saved = (tmp_path / "chat.json").read_text()
     assert "Keep my secrets" in saved
     assert "s3cr3t" not in saved and "sk-very-secret" not in saved
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "warned"),
+    [
+        ('client = dict(api_key="sk-proj-abcdefghijklmnopqrstuv")', True),
+        ("%config OpenAI.api_key = 'my-local-secret'", True),
+        ('import os; os.environ["OPENAI_API_KEY"] = "abcdefgh12345"', True),
+        ("%env OPENAI_API_KEY=abcdefgh12345", True),
+        ("%config OpenAI.api_key = None", False),
+        ('key = os.environ["OPENAI_API_KEY"]', False),
+        ("max_tokens = 200  # a token limit is not a key", False),
+    ],
+)
+def test_a_key_typed_into_a_cell_is_warned_about_in_one_line(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str, warned: bool
+) -> None:
+    shell.run_cell(cell)
+    err = capsys.readouterr().err
+    assert ("This cell holds an API key, which the notebook keeps" in err) is warned
+    assert err.count("\n") <= 1
+
+
+def test_flowgpt_key_knows_which_providers_take_a_key(shell: InteractiveShell) -> None:
+    error = shell.run_cell("%flowgpt_key flowgpt").error_in_exec
+    assert isinstance(error, UsageError)
+    assert str(error) == "'flowgpt' takes no API key; openai does: %flowgpt_key openai."

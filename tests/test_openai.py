@@ -97,8 +97,18 @@ async def test_a_refused_key_is_a_401_that_never_shows_the_key(openai_server: Lo
         )
     assert caught.value.status == 401
     assert "Incorrect API key provided" in str(caught.value)
-    assert "set OPENAI_API_KEY or %config OpenAI.api_key" in str(caught.value)
+    assert "set OPENAI_API_KEY, or enter it with %flowgpt_key" in str(caught.value)
     assert "sk-wrong-secret" not in str(caught.value)
+
+
+async def test_a_key_asked_for_and_not_sent_says_how_to_give_one(
+    openai_server: LocalServer,
+) -> None:
+    openai_server.state.options.api_key = "sk-needed"
+    with pytest.raises(HTTPStatusError) as caught:
+        await collect(OpenAICompatible.create_async_generator("gpt-4o", MESSAGES))
+    assert caught.value.status == 401
+    assert "No API key was sent: if the server needs one, set OPENAI_API_KEY" in str(caught.value)
 
 
 async def test_an_unknown_model_is_a_404_that_says_so(openai_server: LocalServer) -> None:

@@ -550,3 +550,16 @@ async def test_an_unresolvable_host_is_named() -> None:
     assert str(caught.value).startswith(
         "Could not connect to flowgpt.invalid:80: the host name could not be resolved."
     )
+
+
+async def test_flowgpt_s_own_endpoint_failing_says_it_is_gone_and_what_works_instead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # These machines have no internet: the public endpoint cannot even be resolved.
+    monkeypatch.delenv("FLOWGPT_API_URL", raising=False)
+    with pytest.raises(FlowGptError) as caught:
+        await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER, retries=0))
+    message = str(caught.value)
+    assert "FlowGPT's public endpoint has not worked upstream since 2024" in message
+    assert "-m openai:MODEL" in message and "python -m flowgpt_magic.server" in message
+    assert "\n" not in message

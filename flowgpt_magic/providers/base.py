@@ -130,8 +130,8 @@ class Provider:
         )
         request = request._replace(
             proxy=check_proxy(proxy),
-            endpoint_hint=cls.endpoint_hint,
-            status_advice=cls.status_advice,
+            endpoint_hint=request.endpoint_hint or cls.endpoint_hint,
+            status_advice=request.status_advice or cls.status_advice,
         )
         delivery = Delivery(timeout, first_piece_timeout, connect_timeout, retries, on_retry)
         stream = functools.partial(_stream, request, cls.parser(), delivery.checked(), session)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -141,14 +142,30 @@ async def status_error(
     what_to_do = advice.get(status) or (
         "The server failed; try again later." if status >= 500 else "Check the request."
     )
+    # Some servers refuse a key with a 400 or a 500 (LiteLLM's proxy: "No connected db."):
+    # what their message says is what counts, and a refused key is not tried again.
+    refused = status in (400, 500) and bool(_REFUSED_KEY.search(excerpt))
+    if refused:
+        what_to_do = advice.get(401, what_to_do)
     detail = f": {excerpt.rstrip('.')}" if excerpt else ""
-    return HTTPStatusError(
+    failure = HTTPStatusError(
         f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
         + f"{detail}. {what_to_do}",
         status=status,
         body_excerpt=excerpt,
         retry_after=_retry_after(response.headers.get("Retry-After")),
     )
+    if refused:
+        failure.retryable = False
+    return failure
+
+
+#: What a server's error message says when it refused the credentials.
+_REFUSED_KEY = re.compile(
+    r"api[ _-]?key|access token|bearer|\bauth(entication|orization|orized)?\b|credential"
+    r"|unauthori[sz]ed|virtual key|no connected db",
+    re.IGNORECASE,
+)
 
 
 def _retry_after(value: str | None) -> float | None:

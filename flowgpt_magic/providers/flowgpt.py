@@ -33,6 +33,13 @@ USER_AGENT = (
     "Chrome/131.0.0.0 Safari/537.36"
 )
 _DEVICE_ID_ALPHABET = string.ascii_lowercase + string.digits
+#: Said when FlowGPT's own endpoint fails.
+UPSTREAM_GONE = (
+    "FlowGPT's public endpoint has not worked upstream since 2024 (g4f marked its provider "
+    "not working, and removed it in 2025). For real answers, ask an OpenAI-compatible "
+    "server (-m openai:MODEL, with %config OpenAI.base_url); for offline ones, the "
+    "bundled server (python -m flowgpt_magic.server, then set FLOWGPT_API_URL)."
+)
 
 
 class FlowGpt(Provider):
@@ -101,7 +108,9 @@ class FlowGpt(Provider):
             )
         temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
         body = build_body(model, messages, temperature)
-        return HttpRequest(cls.endpoint(api_url=api_url), signed_headers(), body)
+        url = cls.endpoint(api_url=api_url)
+        advice = UPSTREAM_GONE if url == cls.api_endpoint else ""
+        return HttpRequest(url, signed_headers(), body, advice=advice)
 
     @classmethod
     def parser(cls) -> NdjsonTextParser:

@@ -96,6 +96,8 @@ class HttpRequest(NamedTuple):
     #: Fields of the body that a server may not know: one that refuses the request with a
     #: 400 or 422 naming one of them is asked once more without them.
     optional: tuple[str, ...] = ()
+    #: A sentence added to the message of a request that failed before any answer.
+    advice: str = ""
 
     def without_optional(self, failure: RequestFailedError) -> HttpRequest | None:
         """The request without its optional fields, if ``failure`` refused one of them."""
@@ -218,7 +220,7 @@ async def answering(
             request, payload = simpler, json.dumps(simpler.body, ensure_ascii=False).encode()
             continue  # (not a retry: another request)
         if attempt >= delivery.retries or not failure.retryable:
-            raise failure from None
+            raise failure.adding(request.advice) from None
         attempt += 1
         delay = retry_delay(attempt, failure)
         if delivery.on_retry is not None:

@@ -79,7 +79,7 @@ class OpenAICompatible(Provider):
     endpoint_hint = _ENDPOINT_HINT
     status_advice: ClassVar[dict[int, str]] = {
         400: "The server rejected the request; the message above says why.",
-        401: f"The API key was refused: set {API_KEY_ENV} or %config OpenAI.api_key.",
+        401: f"The API key was refused: set {API_KEY_ENV}, or enter it with %flowgpt_key.",
         403: "The API key may not use this model or endpoint.",
         404: f"The model is not served there, or the base URL is wrong ({_ENDPOINT_HINT}).",
         429: "The server is rate limiting, or the account is out of quota; wait and try again.",
@@ -134,8 +134,9 @@ class OpenAICompatible(Provider):
             body["temperature"] = temperature
         url = cls.endpoint(base_url) + "/chat/completions"
         headers = _headers(api_key, accept="text/event-stream")
+        advice = cls.status_advice if "Authorization" in headers else _NO_KEY_ADVICE
         # Not every server knows stream_options: one that refuses it is asked again without.
-        return HttpRequest(url, headers, body, optional=("stream_options",))
+        return HttpRequest(url, headers, body, status_advice=advice, optional=("stream_options",))
 
     @classmethod
     def parser(cls) -> SseParser:
@@ -165,6 +166,19 @@ class OpenAICompatible(Provider):
         if not isinstance(entries, list):
             raise ResponseFormatError(f"{url} did not answer with a list of models.")
         return sorted(str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e)
+
+
+_NO_KEY = (
+    f"No API key was sent: if the server needs one, set {API_KEY_ENV} or enter it with "
+    "%flowgpt_key."
+)
+#: What to do about a refusal when no key was sent (some servers fail with a 500).
+_NO_KEY_ADVICE = {
+    **OpenAICompatible.status_advice,
+    401: _NO_KEY,
+    403: _NO_KEY,
+    500: f"The server failed. {_NO_KEY}",
+}
 
 
 def _headers(api_key: str | None, *, accept: str) -> dict[str, str]:
@@ -240,7 +254,11 @@ class SseParser:
             if isinstance(chunk, dict) and "error" in chunk:
                 error = chunk["error"]
                 message = error.get("message") if isinstance(error, dict) else error
-                raise RequestFailedError(f"The server reported an error mid-answer: {message}")
+                message = str(message).strip().rstrip(".")
+                raise RequestFailedError(
+                    f"The server stopped the answer with an error: {message}. What had "
+                    "arrived is kept. Try again."
+                )
             raise ResponseFormatError(
                 f"The server sent an event that is not a chat-completion chunk "
                 f"({json.dumps(chunk)[:80]!r})."

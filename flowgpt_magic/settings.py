@@ -1,0 +1,124 @@
+"""The notebook's settings: traitlets that ``%config FlowGptMagics.NAME = VALUE`` and
+``c.FlowGptMagics.NAME = VALUE`` in ``ipython_config.py`` set. The magics class inherits
+them (its name is the settings' section); ``FlowGptMagics.settings()`` reads them into what
+a cell falls back on. Each is checked when it is set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets.config import Configurable
+
+from .exceptions import FlowGptError, SecretURL
+from .providers import FlowGpt, resolve_model
+from .providers.base import check_temperature
+from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT
+from .record import FORMATS
+
+
+class FlowGptSettings(Configurable):
+    """What every cell falls back on; FlowGPT's endpoint (the magics are named after it)."""
+
+    default_model = Unicode(
+        FlowGpt.default_model,
+        help="Model used when a cell gives no -m: a FlowGPT name or alias, or PROVIDER:MODEL "
+        "such as openai:gpt-4o-mini (resolved when set).",
+    ).tag(config=True)
+    temperature = Float(
+        None,
+        allow_none=True,
+        help="Sampling temperature, from 0 to 2. None: the provider's own (FlowGPT's "
+        "protocol needs one and sends 0.7; an OpenAI-compatible server gets none, as some "
+        "models refuse any).",
+    ).tag(config=True)
+    params = Dict(
+        help="The model's parameters every cell sends, e.g. {'max_tokens': 1024, 'top_p': "
+        "0.9}; a cell's -p NAME=VALUE adds to them or overrides them.",
+    ).tag(config=True)
+    system_message = Unicode(
+        None,
+        allow_none=True,
+        help="System message sent with every cell that gives no -s. None: the provider's own.",
+    ).tag(config=True)
+    api_url = Unicode(
+        None,
+        allow_none=True,
+        help="Full URL of FlowGPT's chat endpoint. None: $FLOWGPT_API_URL if set, else "
+        "FlowGPT's own. (Other providers have their own settings, e.g. OpenAI.base_url.)",
+    ).tag(config=True)
+    proxy = Unicode(
+        None, allow_none=True, help="HTTP(S) proxy URL, e.g. http://user:password@host:3128."
+    ).tag(config=True)
+    timeout = Float(
+        TIMEOUT,
+        allow_none=True,
+        help="Seconds the server may stay silent between pieces (None: no limit). There is "
+        "no limit on a whole answer.",
+    ).tag(config=True)
+    first_piece_timeout = Float(
+        None,
+        allow_none=True,
+        help="Seconds the server may take to send the first piece (None: as timeout).",
+    ).tag(config=True)
+    history_turns = Int(
+        None,
+        allow_none=True,
+        help="Send at most this many recent exchanges as context (None: all). The "
+        "conversation keeps everything; %flowgpt_history shows it all.",
+    ).tag(config=True)
+    history_chars = Int(
+        None,
+        allow_none=True,
+        help="Send at most this many characters of context, dropping the oldest whole "
+        "exchanges first (None: no limit).",
+    ).tag(config=True)
+    retries = Int(
+        RETRIES,
+        help="How often a request that failed before any text arrived (no connection, 429, "
+        "5xx) is tried again, after a growing pause or the server's Retry-After.",
+    ).tag(config=True)
+    connect_timeout = Float(
+        CONNECT_TIMEOUT, allow_none=True, help="Seconds allowed for connecting (None: no limit)."
+    ).tag(config=True)
+    display_mode = Enum(
+        ["auto", "widget", "text"],
+        "auto",
+        help="How answers stream: 'widget' (an output widget, in Jupyter), 'text' (plain "
+        "stdout), or 'auto' (widget in a kernel, text in a terminal).",
+    ).tag(config=True)
+    answer_format = Enum(
+        list(FORMATS),
+        "markdown",
+        help="How answers show in a notebook: 'markdown' (rendered as it streams), 'text', "
+        "or 'code' (the answer's code blocks, highlighted). A cell's -f overrides it.",
+    ).tag(config=True)
+    footer = Bool(
+        True,
+        help="Show a line under each answer: model, time to the first piece, total time, "
+        "tokens (or pieces) and characters.",
+    ).tag(config=True)
+
+    @validate("default_model")
+    def _resolve_default_model(self, proposal: Any) -> str:
+        try:
+            return resolve_model(proposal.value).id
+        except FlowGptError as error:
+            raise TraitError(str(error)) from None
+
+    @validate("proxy")
+    def _hide_proxy_credentials(self, proposal: Any) -> str | None:
+        return None if proposal.value is None else SecretURL(proposal.value)
+
+    @validate("temperature")
+    def _check_temperature(self, proposal: Any) -> float | None:
+        if proposal.value is None:
+            return None
+        try:
+            return check_temperature(proposal.value)
+        except FlowGptError as error:
+            raise TraitError(str(error)) from None
+
+    def request_options(self) -> dict[str, Any]:
+        """FlowGPT's options: its settings are ours (the magics are named after it)."""
+        return {"api_url": self.api_url}
