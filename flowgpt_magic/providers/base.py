@@ -368,6 +368,7 @@ async def _stream(
                         if parser.error is not None:
                             raise parser.error
                         if parser.done:
+                            await _drain(response, failures)
                             return
             except failures as error:
                 raise translate_error(
@@ -389,6 +390,22 @@ async def _stream(
     finally:
         if own_session:
             await session.close()
+
+
+#: After the end of an answer, what is read of the body's end (the last chunk, usually
+#: there already), so that the connection serves the next request instead of closing.
+DRAIN_BYTES, DRAIN_SECONDS = 64 * 1024, 1.0
+
+
+async def _drain(response: aiohttp.ClientResponse, failures: tuple[type[Exception], ...]) -> None:
+    """Read the body to its end, within limits: a server that sends more, or nothing,
+    loses the connection instead (aiohttp closes one not read to its end)."""
+    content, left = response.content, DRAIN_BYTES
+    try:
+        while left > 0 and not content.at_eof():
+            left -= len(await within(content.readany(), DRAIN_SECONDS))
+    except failures:
+        pass
 
 
 def _until(deadline: float | None, clock: Callable[[], float]) -> float | None:

@@ -197,8 +197,8 @@ class SseParser:
     ``reasoning``: OpenRouter and others); ``finish_reason`` says why it ended; ``usage``
     comes in the last chunk, or one of its own with no choices; ``model`` in every chunk.
     A server without a reasoning parser leaves a ``<think>`` block at the start of the
-    content; it is taken out as reasoning too. The answer's leading blank lines (what a
-    model writes after its reasoning) are dropped.
+    content; it is taken out as reasoning too. After reasoning, the blank lines a model
+    writes before its answer are dropped; otherwise the content is as it came.
     """
 
     text_only: ClassVar[bool] = False
@@ -210,6 +210,7 @@ class SseParser:
         self._model: str | None = None
         self._inline: InlineReasoning | None = InlineReasoning()  # until the answer shows
         self._answered = False  # some of the answer's text has come
+        self._reasoned = False  # some reasoning has
 
     def parse(self, block: bytes) -> list[Event]:
         events: list[Event] = []
@@ -277,6 +278,7 @@ class SseParser:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
             events.append(Reasoning(_string(reasoning, "reasoning")))
+            self._reasoned = True
         content = delta.get("content")
         if content:
             content = _string(content, "content")
@@ -292,11 +294,15 @@ class SseParser:
             events.append(usage_of(usage))
 
     def _answer(self, found: list[Event], events: list[Event]) -> None:
-        """Add what the content held: reasoning, or text, less the answer's first blank
-        lines."""
+        """Add what the content held: reasoning, or text; after reasoning, less the blank
+        lines a model writes before its answer (otherwise the content is as it came)."""
+        if self._inline is not None and self._inline.opened:
+            self._reasoned = True  # (even by an empty <think></think>)
         for event in found:
-            if isinstance(event, str) and not self._answered:
-                event = event.lstrip("\r\n")
+            if isinstance(event, Reasoning):
+                self._reasoned = True
+            elif isinstance(event, str) and not self._answered:
+                event = event.lstrip("\r\n") if self._reasoned else event
                 self._answered = bool(event)
             if event:
                 events.append(event)
@@ -315,15 +321,15 @@ class InlineReasoning:
 
     def __init__(self) -> None:
         self._held = ""
-        self._thinking = False
+        self.opened = False  # the content opened with the tag
         self.decided = False  # the block is over, or there is none: content is all answer
 
     def feed(self, text: str) -> list[Event]:
         held = self._held + text
-        if not self._thinking:
+        if not self.opened:
             start = held.lstrip()
             if start.startswith(self.OPEN):
-                self._thinking, held = True, start[len(self.OPEN) :]
+                self.opened, held = True, start[len(self.OPEN) :]
             elif self.OPEN.startswith(start):  # ("", "<", "<thi": too soon to say)
                 self._held = held
                 return []
@@ -346,7 +352,7 @@ class InlineReasoning:
         self.decided = True
         if not held:
             return []
-        return [Reasoning(held) if self._thinking else held]
+        return [Reasoning(held) if self.opened else held]
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -1,0 +1,307 @@
+"""Against servers that no one here wrote, with a real model: llama.cpp's own server
+(SmolLM2-135M-Instruct), and LiteLLM's proxy in front of it (uvicorn), on loopback (the
+fixtures are in conftest.py; how they are installed and started, in real_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from real_servers import MASTER_KEY, RunningServer
+
+from flowgpt_magic import OpenAICompatible, RequestFailedError, ResponseTimeoutError
+from flowgpt_magic.magics import FlowGptMagics
+from flowgpt_magic.providers import Finish, Reasoning, ServedBy, Usage
+
+QUESTION = [{"role": "user", "content": "Name three colours, one word each."}]
+
+
+def official(server: RunningServer, model: str, key: str | None = None, **params: Any) -> Any:
+    """The official client's streamed answer: its text, its reasoning and its usage."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key=key or "sk-none", max_retries=0)
+    stream = client.chat.completions.create(
+        model=model,
+        messages=QUESTION,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+        **params,
+    )
+    text, reasoning, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            reasoning.append(getattr(choice.delta, "reasoning_content", None) or "")
+    return "".join(text), "".join(reasoning), usage
+
+
+async def ours(server: RunningServer, model: str, key: str | None = None, **kw: Any) -> list[Any]:
+    answer = OpenAICompatible.create_async_generator(
+        model, QUESTION, base_url=server.base_url, api_key=key, **kw
+    )
+    return [event async for event in answer.events()]
+
+
+def texts(events: list[Any]) -> str:
+    return "".join(event for event in events if isinstance(event, str))
+
+
+@pytest.fixture
+def pointed_at(shell: InteractiveShell, magics: FlowGptMagics) -> Iterator[Any]:
+    """Point the shell's OpenAI-compatible provider at a real server."""
+
+    def point(server: RunningServer, key: str | None = None) -> FlowGptMagics:
+        shell.run_line_magic("config", f"OpenAI.base_url = {server.base_url!r}")
+        if key:
+            shell.run_line_magic("config", f"OpenAI.api_key = {key!r}")
+        return magics
+
+    yield point
+
+
+def cell(shell: InteractiveShell, line: str, prompt: str) -> BaseException | None:
+    error: BaseException | None = shell.run_cell(f"%%flowgpt {line}\n{prompt}").error_in_exec
+    return error
+
+
+# -- the text, exactly ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("through", ["llama.cpp", "LiteLLM"])
+async def test_at_temperature_0_our_text_is_the_official_clients(
+    llama: RunningServer, litellm: RunningServer, through: str
+) -> None:
+    server, model, key = (
+        (llama, "SmolLM2", None) if through == "llama.cpp" else (litellm, "smollm2", MASTER_KEY)
+    )
+    expected, _, _ = official(server, model, key, temperature=0, max_tokens=40)
+    events = await ours(server, model, key, temperature=0, params={"max_tokens": 40})
+    assert texts(events) == expected and len(expected) > 20
+
+
+def test_a_notebook_cell_gets_the_same_text(
+    shell: InteractiveShell, pointed_at: Any, llama: RunningServer
+) -> None:
+    pointed_at(llama)
+    expected, _, _ = official(llama, "SmolLM2", temperature=0, max_tokens=40)
+    assert cell(shell, "-m openai:SmolLM2 -t 0 -p max_tokens=40", QUESTION[0]["content"]) is None
+    assert shell.user_ns["_flowgpt"] == expected
+
+
+# -- what they send besides the text --------------------------------------------------------
+
+
+async def test_usage_is_asked_for_and_read_wherever_it_comes(
+    llama: RunningServer, litellm: RunningServer
+) -> None:
+    # llama.cpp sends it in a chunk with no choices; LiteLLM in one with a choice.
+    for server, model, key in ((llama, "SmolLM2", None), (litellm, "mock-gpt", MASTER_KEY)):
+        _, _, expected = official(server, model, key, temperature=0, max_tokens=20)
+        events = await ours(server, model, key, temperature=0, params={"max_tokens": 20})
+        (usage,) = [event for event in events if isinstance(event, Usage)]
+        assert (usage.input_tokens, usage.output_tokens) == (
+            expected.prompt_tokens,
+            expected.completion_tokens,
+        )
+
+
+def test_an_answer_cut_at_max_tokens_says_so_and_counts_its_tokens(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    llama: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    magics = pointed_at(llama)
+    assert cell(shell, "-m openai:SmolLM2 -t 0 -p max_tokens=5", "Tell me a long story.") is None
+    (record,) = magics.conversation
+    assert record.finish_reason == "length" and record.usage.output_tokens == 5
+    out = capsys.readouterr().out
+    assert " tokens in, 5 out (" in out and " a second) · " in out  # and how fast
+    assert '■ Cut short: the model reached its token limit (finish reason "length").' in out
+
+
+def test_the_record_names_the_model_that_answered(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    llama: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # llama.cpp answers a model it does not have with its own.
+    magics = pointed_at(llama)
+    assert cell(shell, "-m openai:gpt-imaginary -p max_tokens=5", "Hi") is None
+    (record,) = magics.conversation
+    assert (record.model, record.served_by) == ("openai:gpt-imaginary", "SmolLM2")
+    assert (
+        "(openai:gpt-imaginary (answered by SmolLM2) · first piece in " in capsys.readouterr().out
+    )
+
+
+# -- reasoning ----------------------------------------------------------------------------
+
+
+async def test_reasoning_from_a_server_that_parses_it_is_apart_from_the_answer(
+    thinking_llama: RunningServer,
+) -> None:
+    text, reasoning, _ = official(thinking_llama, "SmolLM2", temperature=0)
+    events = await ours(thinking_llama, "SmolLM2", temperature=0)
+    thought = "".join(event.text for event in events if isinstance(event, Reasoning))
+    assert (thought, texts(events)) == (reasoning, text.lstrip("\n"))
+    assert thought and text
+    # All the reasoning comes before any of the answer.
+    kinds = [type(event) for event in events if isinstance(event, (str, Reasoning))]
+    assert kinds == sorted(kinds, key=lambda kind: kind is str)
+
+
+async def test_a_think_block_left_in_the_content_is_reasoning_too(
+    inline_llama: RunningServer,
+) -> None:
+    content, _, _ = official(inline_llama, "SmolLM2", temperature=0)
+    assert content.startswith("<think>\n")  # what the server sends, as it is
+    thought, answer = content.removeprefix("<think>").split("</think>", 1)
+    events = await ours(inline_llama, "SmolLM2", temperature=0)
+    assert "".join(e.text for e in events if isinstance(e, Reasoning)) == thought
+    assert texts(events) == answer.lstrip("\n") and answer.strip()
+
+
+def test_a_notebook_shows_the_reasoning_apart_and_keeps_the_answer_alone(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    thinking_llama: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    magics = pointed_at(thinking_llama)
+    assert cell(shell, "-m openai:SmolLM2 -t 0 -o answer", "What is 2+2?") is None
+    (record,) = magics.conversation
+    assert record.reasoning and record.answer and record.reasoning not in record.answer
+    assert shell.user_ns["answer"] == shell.user_ns["_flowgpt"] == record.answer
+    out = capsys.readouterr().out
+    assert out.startswith(f"Reasoning: {record.reasoning}")
+    assert record.wire_messages()[1]["content"] == record.answer  # never sent back
+
+    error = cell(shell, "-m openai:SmolLM2 -t 0 -p max_tokens=3", "And 3+3?")
+    assert isinstance(error, UsageError)
+    assert "spent its whole token limit reasoning" in str(error)
+    assert len(magics.conversation) == 1
+
+
+# -- how they behave -----------------------------------------------------------------------
+
+
+async def test_keep_alive_comments_do_not_keep_a_silent_model_alive(llama: RunningServer) -> None:
+    # A long prompt: llama.cpp reads it for over ten seconds, sending ':' every second or
+    # two meanwhile. (Two of them: a prompt it has read once, it would not read again.)
+    def long(animal: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"Summarize: the {animal} sat on the mat. " * 120}]
+
+    started = time.monotonic()
+    with pytest.raises(ResponseTimeoutError, match=r"sent no text for 3\.5 s before the first"):
+        async for _ in OpenAICompatible.create_async_generator(
+            "SmolLM2", long("dog"), base_url=llama.base_url, first_piece_timeout=3.5, retries=0
+        ):
+            pass
+    assert time.monotonic() - started < 7  # (reading the prompt alone takes longer)
+    async with aiohttp.ClientSession() as session:  # (to see the comments ourselves)
+        url = f"{llama.base_url}/chat/completions"
+        body = {"model": "SmolLM2", "messages": long("cat"), "stream": True, "max_tokens": 1}
+        async with session.post(url, json=body) as response:
+            first = await asyncio.wait_for(response.content.readline(), 10)
+    assert first == b":\n"  # comments do come before any answer (the test's premise)
+
+
+def established_with(port: int, state: str) -> bool:
+    """Whether a loopback TCP connection to ``port`` is in ``state`` ("08": CLOSE_WAIT,
+    the server has closed its side and we have not yet)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(
+        line.split()[2].endswith(f":{port:04X}") and line.split()[3] == state for line in lines
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")
+def test_a_cell_after_the_server_closed_its_idle_connection_goes_out_fresh(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    litellm: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # uvicorn closes a connection idle for 5 s. In terminal IPython (as here: no loop runs
+    # between cells) the next cell used to be sent on it: a false retry, or a failure.
+    magics = pointed_at(litellm, MASTER_KEY)
+    magics.retries = 0
+    assert cell(shell, "-m openai:mock-gpt", "One") is None
+    deadline = time.monotonic() + 20
+    while not established_with(litellm.port, "08"):
+        assert time.monotonic() < deadline, "the server kept the connection open"
+        time.sleep(0.2)  # (waiting for the server's own idle timeout)
+    assert cell(shell, "-m openai:mock-gpt", "Two") is None
+    assert "Trying again" not in capsys.readouterr().err
+    assert len(magics.conversation) == 2
+
+
+def test_an_error_inside_the_stream_keeps_the_partial_answer_and_records_nothing(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    litellm: RunningServer,
+    doomed_llama: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The model behind the proxy dies mid-answer; the proxy says so inside its 200 stream.
+    class KillTheModelOnTheThirdWrite(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            if self.writes == 3:
+                doomed_llama.process.send_signal(signal.SIGKILL)
+            return super().write(text)
+
+    magics = pointed_at(litellm, MASTER_KEY)
+    screen = KillTheModelOnTheThirdWrite()
+    monkeypatch.setattr("sys.stdout", screen)
+    error = cell(shell, "-m openai:doomed -p max_tokens=300", "Tell me a long story.")
+    assert isinstance(error, UsageError)
+    assert str(error).startswith("The server stopped the answer with an error: ")
+    assert "What had arrived is kept." in str(error) and "\n" not in str(error)
+    assert len(screen.getvalue().split("\n")[0]) > 0  # the partial answer, on screen
+    assert len(magics.conversation) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "words"),
+    [
+        ("sk-wrong", 400, "The API key was refused: set OPENAI_API_KEY, or enter it with"),
+        (None, 500, "No API key was sent: if the server needs one, set OPENAI_API_KEY"),
+    ],
+)
+async def test_a_refused_key_says_so_however_the_server_answers(
+    litellm: RunningServer,
+    key: str | None,
+    status: int,
+    words: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    notices: list[object] = []
+    with pytest.raises(RequestFailedError) as caught:
+        await ours(litellm, "mock-gpt", key, on_retry=notices.append, retries=1)
+    assert f"answered {status} " in str(caught.value) and words in str(caught.value)
+    assert key is None or notices == []  # a refused key is not tried again
+
+
+async def test_the_events_of_a_real_answer_come_in_order(llama: RunningServer) -> None:
+    events = await ours(llama, "SmolLM2", temperature=0, params={"max_tokens": 8})
+    kinds = [type(event).__name__ for event in events]
+    assert kinds[0] == ServedBy.__name__ and kinds[-2:] == [Finish.__name__, Usage.__name__]
+    assert set(kinds[1:-2]) == {"str"}
