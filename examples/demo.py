@@ -34,6 +34,9 @@ CELLS = [
     # local server's /v1 side; in real use OpenAI, Ollama, vLLM, ...):
     "%config OpenAI.base_url = '{openai}'",
     "%%flowgpt -m openai:llama3.2\nAnd now from an OpenAI-compatible server?",
+    # A reasoning model thinks first (shown apart); -p sets any model parameter, and an
+    # answer cut at its token limit says so. The footer counts the server's tokens.
+    "%%flowgpt -m openai:llama3.2 -p max_tokens=30\n/think\nWhy is the sky blue?",
 ]
 
 

@@ -112,9 +112,10 @@ class RunningServer:
         raise AssertionError  # (unreachable: unavailable raises)
 
     def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # (llama.cpp's ends when it closes; a test may have
+            # killed it already: the pipe is ours to close all the same)
         if self.process.poll() is None:
-            if self.process.stdin is not None:
-                self.process.stdin.close()
             self.process.terminate()
             try:
                 self.process.wait(timeout=15)

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 
 from flowgpt_magic.record import record_in
-from flowgpt_magic.server import LocalServer, answer_pieces
+from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer, answer_pieces
 
 CHROMIUM = Path(os.environ.get("FLOWGPT_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -425,3 +425,50 @@ def test_markdown_renders_while_it_streams_and_finished_blocks_stay(
     assert final["highlighted"] > 5
     assert FOOTER.search(final["text"])
     notebook.screenshot("markdown-final.png", of_cell=1)
+
+
+def test_reasoning_streams_open_then_folds_above_the_answer(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.1  # about two seconds of reasoning
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            "%%flowgpt -m openai:gpt-4o -p max_tokens=45\n/think\nWhy is the sky blue?",
+        ]
+    )
+    notebook.run_and_wait(1)
+    thought = "(Offline reasoning.) The question is «Why is the sky blue?»."
+    notebook.run(2)
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not DONE_PROMPT.search(notebook.prompt(2)):
+        assert time.monotonic() < deadline, "the answer did not finish within 60 s"
+        text = notebook.output(2)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+            if "Reasoning…" in text and "The question" in text and "No model" not in text:
+                notebook.screenshot("reasoning-open.png", of_cell=2)
+            if "[Offline answer" in text and "Reasoning (" in text:
+                notebook.screenshot("reasoning-folded.png", of_cell=2)
+        time.sleep(0.05)
+
+    # While the model thinks, its reasoning shows, open, under a title; no answer yet.
+    thinking = [t for t in seen if "Reasoning…" in t]
+    assert thinking and any(thought in t for t in thinking)
+    assert not any("[Offline answer" in t for t in thinking)
+    # Once the answer starts, the reasoning folds: its title and size stay, its text hides.
+    answering = [t for t in seen if "[Offline answer" in t and "■" not in t]
+    assert answering and all("Reasoning (" in t and thought not in t for t in answering)
+
+    # The saved output: the reasoning folded above the answer, the footer, and the line
+    # that says the answer was cut at its token limit.
+    wait_until(lambda: "■ Cut short" in notebook.output(2), 10, "the finished output")
+    final = notebook.output(2)
+    assert final.startswith("Reasoning (") and thought not in final
+    assert '■ Cut short: the model reached its token limit (finish reason "length").' in final
+    notebook.screenshot("reasoning-final.png", of_cell=2)
+    notebook.cell(2).locator("summary").click()
+    wait_until(lambda: thought in notebook.output(2), 5, "the reasoning to unfold")
+    notebook.screenshot("reasoning-unfolded.png", of_cell=2)
