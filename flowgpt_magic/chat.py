@@ -184,7 +184,8 @@ async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:
         items = answer.batches()  # text a list a read: no step per piece
         async for item in items:
             if item.__class__ is list:
-                reply.first_piece = reply.first_piece or time.monotonic() - reply.started
+                if reply.first_piece is None:  # (unless reasoning came first)
+                    reply.first_piece = time.monotonic() - reply.started
                 extend(item)
                 view.started()
                 break
