@@ -64,9 +64,18 @@ class HTTPStatusError(RequestFailedError):
     """The server answered with a non-2xx status."""
 
     def __init__(
-        self, message: str, *, status: int, body_excerpt: str, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        body_excerpt: str,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
-        super().__init__(message, retryable=status == 429 or status >= 500)
+        """``retryable`` None: as the status says (429 and 5xx may pass; others will not)."""
+        if retryable is None:
+            retryable = status == 429 or status >= 500
+        super().__init__(message, retryable=retryable)
         self.status = status
         self.body_excerpt = body_excerpt
         #: Seconds the server asked to wait (its Retry-After header), if it said.

@@ -212,6 +212,17 @@ def content_events(pieces: list[str]) -> list[object]:
     return decode([stream.encode()], SseParser())
 
 
+def cut(text: str, sizes: list[int]) -> list[str]:
+    """``text`` in pieces of these sizes, cycled."""
+    pieces, at = [], 0
+    for size in itertools.cycle(sizes):
+        if at >= len(text):
+            return pieces
+        pieces.append(text[at : at + size])
+        at += size
+    raise AssertionError  # (unreachable: the cycle is endless)
+
+
 def merged(events: list[object]) -> tuple[str, str]:
     """The reasoning and the answer that events carry, each joined."""
     thought = "".join(e.text for e in events if isinstance(e, Reasoning))
@@ -229,13 +240,7 @@ def test_a_think_block_at_the_start_is_reasoning_however_the_content_is_split(
     thought: str, answer: str, sizes: list[int], before: str
 ) -> None:
     content = f"{before}<think>{thought}</think>\n\n{answer}"
-    pieces, at = [], 0
-    for size in itertools.cycle(sizes):
-        if at >= len(content):
-            break
-        pieces.append(content[at : at + size])
-        at += size
-    assert merged(content_events(pieces)) == (thought, answer.lstrip("\r\n"))
+    assert merged(content_events(cut(content, sizes))) == (thought, answer.lstrip("\r\n"))
 
 
 @given(st.text(min_size=1, max_size=60), st.lists(st.integers(1, 9), min_size=1, max_size=20))
@@ -243,10 +248,4 @@ def test_a_think_block_at_the_start_is_reasoning_however_the_content_is_split(
 def test_content_without_a_think_block_is_all_answer(text: str, sizes: list[int]) -> None:
     if text.lstrip().startswith("<think>"):
         return
-    pieces, at = [], 0
-    for size in itertools.cycle(sizes):
-        if at >= len(text):
-            break
-        pieces.append(text[at : at + size])
-        at += size
-    assert merged(content_events(pieces)) == ("", text)
+    assert merged(content_events(cut(text, sizes))) == ("", text)

@@ -148,16 +148,14 @@ async def status_error(
     if refused:
         what_to_do = advice.get(401, what_to_do)
     detail = f": {excerpt.rstrip('.')}" if excerpt else ""
-    failure = HTTPStatusError(
+    return HTTPStatusError(
         f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
         + f"{detail}. {what_to_do}",
         status=status,
         body_excerpt=excerpt,
         retry_after=_retry_after(response.headers.get("Retry-After")),
+        retryable=False if refused else None,
     )
-    if refused:
-        failure.retryable = False
-    return failure
 
 
 #: What a server's error message says when it refused the credentials.
