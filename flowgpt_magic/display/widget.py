@@ -184,14 +184,21 @@ class WidgetView:
         self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
 
     def retrying(self, notice: RetryNotice) -> None:
+        self._say(f"{self._waiting} {retry_line(notice)}")
+
+    def progress(self, text: str) -> None:
+        self._say(text)
+
+    def _say(self, line: str) -> None:
+        """Show ``line`` as the status line, now (a retry, a model loading, take seconds)."""
         if self.pieces or self._thoughts:
             return
-        self._status_line = f"{self._waiting} {retry_line(notice)}"
+        self._status_line = line
         if not self._live:
             self._cancel_timer()
-            self._show()  # a retry takes seconds: say so now
+            self._show()
         else:
-            self._status.outputs = (_note(self._status_line),)
+            self._status.outputs = (_note(line),)
 
     def finish(self, record: Record) -> None:
         if self._finished:

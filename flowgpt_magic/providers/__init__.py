@@ -15,6 +15,7 @@ from ..exceptions import InvalidRequestError
 from .base import AsyncResult, Provider
 from .events import Event, Finish, Reasoning, ServedBy, Usage
 from .flowgpt import FlowGpt
+from .local import Local, LocalLlama
 from .openai import OpenAI, OpenAICompatible
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "Event",
     "Finish",
     "FlowGpt",
+    "Local",
+    "LocalLlama",
     "ModelRef",
     "OpenAI",
     "OpenAICompatible",
@@ -59,6 +62,12 @@ PROVIDERS = {
             "OpenAI-compatible chat completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio",
             OpenAI,
         ),
+        ProviderEntry(
+            "local",
+            LocalLlama,
+            "a GGUF model on this computer, run by llama.cpp in a process of its own",
+            Local,
+        ),
     )
 }
 DEFAULT_PROVIDER = "flowgpt"
@@ -70,17 +79,21 @@ class ModelRef(NamedTuple):
 
     @property
     def id(self) -> str:
-        """The canonical id: bare for FlowGPT (as before providers existed), else prefixed."""
+        """The canonical id: bare for FlowGPT (as before providers existed), else prefixed;
+        a provider's name alone for its one model (``local``)."""
         if self.entry.name == DEFAULT_PROVIDER:
             return self.model
-        return f"{self.entry.name}:{self.model}"
+        return f"{self.entry.name}:{self.model}" if self.model else self.entry.name
 
 
 def resolve_model(model_id: str) -> ModelRef:
-    """Resolve ``provider:model`` or a bare FlowGPT name (aliases too) to a provider's model."""
+    """Resolve ``provider:model``, a provider's name alone (its default model: ``local``),
+    or a bare FlowGPT name (aliases too) to a provider's model."""
     name, sep, model = model_id.partition(":")
     if not sep:
-        name, model = DEFAULT_PROVIDER, model_id
+        name, model = (
+            (model_id, "") if model_id.lower() in PROVIDERS else (DEFAULT_PROVIDER, model_id)
+        )
     entry = PROVIDERS.get(name.lower())
     if entry is None:
         raise InvalidRequestError(

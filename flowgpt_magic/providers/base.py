@@ -100,6 +100,7 @@ class Provider:
         connect_timeout: float | None = CONNECT_TIMEOUT,
         retries: int = RETRIES,
         on_retry: Callable[[RetryNotice], None] | None = None,
+        on_progress: Callable[[str], None] | None = None,
         session: aiohttp.ClientSession | None = None,
         **options: Any,
     ) -> AsyncResult:
@@ -111,7 +112,9 @@ class Provider:
         silent between pieces, ``first_piece_timeout`` before the first (None: as
         ``timeout``); nothing limits a whole answer. A request that fails before
         any text arrived is tried up to ``retries`` more times, and ``on_retry`` is told
-        each time. ``session`` is an aiohttp session of the caller's to reuse (left open).
+        each time; ``on_progress`` is told what happens before a request can go out (a
+        local model loading). ``session`` is an aiohttp session of the caller's to reuse
+        (left open).
         ``options`` are the protocol's own (see ``options``). Everything is checked here,
         before anything is sent; nothing is sent until the answer is read.
         """
@@ -133,7 +136,9 @@ class Provider:
             endpoint_hint=request.endpoint_hint or cls.endpoint_hint,
             status_advice=request.status_advice or cls.status_advice,
         )
-        delivery = Delivery(timeout, first_piece_timeout, connect_timeout, retries, on_retry)
+        delivery = Delivery(
+            timeout, first_piece_timeout, connect_timeout, retries, on_retry, on_progress
+        )
         stream = functools.partial(_stream, request, cls.parser(), delivery.checked(), session)
         return AsyncResult(stream)
 

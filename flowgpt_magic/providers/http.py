@@ -63,6 +63,8 @@ class Delivery(NamedTuple):
     connect_timeout: float | None = CONNECT_TIMEOUT
     retries: int = RETRIES
     on_retry: Callable[[RetryNotice], None] | None = None
+    #: Told what happens before the request can be sent (a local model loading).
+    on_progress: Callable[[str], None] | None = None
 
     def checked(self) -> Delivery:
         for name in ("timeout", "first_piece_timeout", "connect_timeout"):
@@ -98,6 +100,8 @@ class HttpRequest(NamedTuple):
     optional: tuple[str, ...] = ()
     #: A sentence added to the message of a request that failed before any answer.
     advice: str = ""
+    #: Awaited before the request is sent (a local model loading), told how it goes.
+    wait_until_ready: Callable[[Callable[[str], None] | None], Awaitable[None]] | None = None
 
     def without_optional(self, failure: RequestFailedError) -> HttpRequest | None:
         """The request without its optional fields, if ``failure`` refused one of them."""
@@ -185,6 +189,8 @@ async def answering(
     loop = asyncio.get_running_loop()
     failures = request_failures()
     timeout = client_timeout(delivery)
+    if request.wait_until_ready is not None:
+        await request.wait_until_ready(delivery.on_progress)
     payload = json.dumps(request.body, ensure_ascii=False).encode()
     attempt = 0
     while True:

@@ -112,29 +112,10 @@ class OpenAICompatible(Provider):
         api_key: str | None = None,
         **options: Any,
     ) -> HttpRequest:
-        """Messages as they are, the parameters beside them; a temperature only when one is
-        given (some models refuse any); the usage asked for, where the server takes it."""
-        if taken := sorted(params.keys() & _OURS):
-            raise InvalidRequestError(
-                f"The parameter(s) {', '.join(taken)} cannot be given as parameters: the "
-                "model, the messages and streaming are the request's own, and the "
-                "temperature has its own option (-t, or temperature=)."
-            )
-        usage = {"include_usage": True}
-        if isinstance(params.get("stream_options"), Mapping):
-            usage |= params["stream_options"]
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "stream": True,
-            **params,
-            "stream_options": usage,
-        }
-        if temperature is not None:
-            body["temperature"] = temperature
-        url = cls.endpoint(base_url) + "/chat/completions"
         headers = _headers(api_key, accept="text/event-stream")
         advice = cls.status_advice if "Authorization" in headers else _NO_KEY_ADVICE
+        body = chat_body(model, messages, temperature, params)
+        url = cls.endpoint(base_url) + "/chat/completions"
         # Not every server knows stream_options: one that refuses it is asked again without.
         return HttpRequest(url, headers, body, status_advice=advice, optional=("stream_options",))
 
@@ -166,6 +147,33 @@ class OpenAICompatible(Provider):
         if not isinstance(entries, list):
             raise ResponseFormatError(f"{url} did not answer with a list of models.")
         return sorted(str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e)
+
+
+def chat_body(
+    model: str, messages: Messages, temperature: float | None, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A streamed chat-completions request: messages as they are, the parameters beside
+    them; a temperature only when one is given (some models refuse any); the usage asked
+    for."""
+    if taken := sorted(params.keys() & _OURS):
+        raise InvalidRequestError(
+            f"The parameter(s) {', '.join(taken)} cannot be given as parameters: the "
+            "model, the messages and streaming are the request's own, and the "
+            "temperature has its own option (-t, or temperature=)."
+        )
+    usage = {"include_usage": True}
+    if isinstance(params.get("stream_options"), Mapping):
+        usage |= params["stream_options"]
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "stream": True,
+        **params,
+        "stream_options": usage,
+    }
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
 
 
 _NO_KEY = (
