@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_display
 import bench_history
+import bench_local
 import bench_provider
 import bench_startup
 from common import all_met
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "display_overhead": bench_display,
     "start_up": bench_startup,
     "long_conversations": bench_history,
+    "local_model": bench_local,
 }
 
 

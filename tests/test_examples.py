@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from real_servers import smollm2_gguf
+
 from flowgpt_magic.record import record_in
 from flowgpt_magic.server import LocalServer, answer_pieces
 
@@ -38,8 +41,18 @@ def test_the_seed_examples_run_as_written(flowgpt_server: LocalServer) -> None:
     assert "You asked: «What can you do offline?»" in out
 
 
-def test_the_demo_runs_every_cell() -> None:
-    out = run_example("demo.py", "--fast")
+def test_the_demo_runs_on_a_real_local_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWGPT_LOCAL_MODEL", str(smollm2_gguf()))
+    out = run_example("demo.py")
+    assert out.startswith("A real model on this computer: SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert out.count("(Loading the local model SmolLM2-135M-Instruct.Q4_1 (98 MB)") == 1
+    assert out.count("(local (answered by SmolLM2-135M-Instruct.Q4_1) · first piece in ") == 4
+    assert "Loaded 3 exchanges from" in out and "UsageError: Unknown model 'gpt-5'" in out
+    assert "Traceback" not in out
+
+
+def test_the_demo_runs_every_cell_offline() -> None:
+    out = run_example("demo.py", "--offline", "--fast")
     assert "Context: 4 earlier messages; system message: «Answer like a pirate.»" in out
     assert "Loaded 3 exchanges from" in out
     assert "UsageError: Unknown model 'gpt-5'" in out
