@@ -21,6 +21,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from real_servers import smollm2_gguf
 
 from flowgpt_magic.record import record_in
 from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer, answer_pieces
@@ -472,3 +473,37 @@ def test_reasoning_streams_open_then_folds_above_the_answer(
     notebook.cell(2).locator("summary").click()
     wait_until(lambda: thought in notebook.output(2), 5, "the reasoning to unfold")
     notebook.screenshot("reasoning-unfolded.png", of_cell=2)
+
+
+def test_a_local_model_says_it_loads_then_streams_its_answer(
+    open_notebook: Callable[[list[str]], Notebook],
+) -> None:
+    notebook = open_notebook(
+        [
+            f"%config Local.model_path = {str(smollm2_gguf())!r}",
+            "%%flowgpt -m local -t 0 -p max_tokens=120 -p ignore_eos=true\nTell me a story.",
+            "%%flowgpt -m local -t 0 -p max_tokens=20\nAnd a short one?",
+        ]
+    )
+    notebook.run_and_wait(1)
+    notebook.run(2)
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while not DONE_PROMPT.search(notebook.prompt(2)):
+        assert time.monotonic() < deadline, "the answer did not finish within 120 s"
+        text = notebook.output(2)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+            if "Loading" in text:
+                notebook.screenshot("local-loading.png", of_cell=2)
+            elif len(seen) == 6:
+                notebook.screenshot("local-streaming.png", of_cell=2)
+        time.sleep(0.05)
+    assert seen[0].startswith("Loading the local model SmolLM2-135M-Instruct.Q4_1 (98 MB)…")
+    answers = [t for t in seen if "Loading" not in t and "local (answered by" not in t]
+    assert len(answers) >= 3  # it grew while the model wrote it
+    wait_until(lambda: "· first piece in" in notebook.output(2), 10, "the footer")
+    assert "local (answered by SmolLM2-135M-Instruct.Q4_1) · first piece in " in notebook.output(2)
+    notebook.screenshot("local-final.png", of_cell=2)
+    second = notebook.run_and_wait(3)  # the model is loaded already: no line says it loads
+    assert "Loading" not in second and "local (answered by SmolLM2" in second
