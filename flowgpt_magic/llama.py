@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .exceptions import ConfigurationError
 
@@ -105,7 +105,7 @@ class LlamaServer:
         self.context_size = context_size
         self.port = 0
         self._process: Any = None  # subprocess.Popen, once started
-        self._log: Path | None = None
+        self._log: BinaryIO | None = None  # what the child says, for when it fails
         self._ready = False
 
     def __repr__(self) -> str:
@@ -146,6 +146,7 @@ class LlamaServer:
         import subprocess
         import tempfile
 
+        self.stop()  # (one that ended on its own: its log, its exit handler)
         check_llama_cpp()
         model = self.model
         with socket.socket() as probe:  # a free port, for the child to listen on
@@ -158,8 +159,11 @@ class LlamaServer:
             "threads": self.threads,
             "context_size": self.context_size,
         }
+        # The child writes to a file that has no name once it is open: nothing is left on
+        # disk, however this process ends.
         handle, log = tempfile.mkstemp(prefix="flowgpt-llama-", suffix=".log")
-        self._log = Path(log)
+        self._log = open(log, "rb")  # noqa: SIM115 (closed by stop())
+        os.unlink(log)
         with os.fdopen(handle, "wb") as output:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "flowgpt_magic.llama", json.dumps(config)],
@@ -185,11 +189,12 @@ class LlamaServer:
         import aiohttp
 
         self.start()
+        process = self._process
         size = self.model.stat().st_size / 1e6
         started = time.monotonic()
         async with aiohttp.ClientSession() as session:
             while True:
-                if self._process.poll() is not None:
+                if process.poll() is not None:
                     raise ConfigurationError(self._why_it_stopped())
                 waited = time.monotonic() - started
                 if progress is not None:
@@ -211,13 +216,18 @@ class LlamaServer:
         self._ready = True
 
     def _why_it_stopped(self) -> str:
-        lines = self._log.read_text(errors="replace").splitlines() if self._log else []
-        errors = [line for line in lines if " E " in line or "error" in line.lower()]
-        said = (errors or lines or ["no message"])[-1].strip()
+        output = b""
+        if self._log is not None:
+            self._log.seek(0)
+            output = self._log.read()
+        lines = output.decode("utf-8", "replace").splitlines()
+        # llama.cpp's error lines ("0.00.004.356 E gguf_init_...: bad GGUF version"): the
+        # first says what went wrong, the later ones that it did.
+        errors = [line.split(" E ", 1)[1] for line in lines if " E " in line]
+        said = (errors or lines or ["nothing"])[0].strip().rstrip(".")
         return (
-            f"llama.cpp could not serve the local model {str(self.model)!r}; it said: "
-            f"{said[:200]}. Check that it is a GGUF model file, or set another with "
-            "%config Local.model_path."
+            f"llama.cpp could not serve the local model {str(self.model)!r}: {said[:200]}. "
+            "Check that it is a GGUF model file, or set another with %config Local.model_path."
         )
 
     def stop(self) -> None:
@@ -230,6 +240,7 @@ class LlamaServer:
         atexit.unregister(self.stop)
         if process is None:
             return
+        log, self._log = self._log, None
         if process.stdin is not None:
             process.stdin.close()  # (the child ends when it closes)
         try:
@@ -237,8 +248,8 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
+        if log is not None:
+            log.close()
 
 
 def _die_with_parent() -> None:

@@ -114,7 +114,7 @@ def test_the_local_model_is_listed(
     ("model", "words"),
     [
         ("/nonexistent/model.gguf", "The local model '/nonexistent/model.gguf' is not a file."),
-        ("BROKEN", "llama.cpp could not serve the local model"),
+        ("BROKEN", "broken.gguf': gguf_init_from_reader: bad GGUF version: 0. Check that it"),
     ],
 )
 def test_a_missing_or_broken_model_file_is_one_line(
