@@ -23,6 +23,7 @@ import bench_display
 import bench_history
 import bench_local
 import bench_provider
+import bench_several
 import bench_startup
 from common import all_met
 
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "start_up": bench_startup,
     "long_conversations": bench_history,
     "local_model": bench_local,
+    "several_models": bench_several,
 }
 
 

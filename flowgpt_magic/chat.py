@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .conversation import Conversation
 from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, redact_url
+from .ledger import Ledger, budget_tokens, cost_of, estimate_tokens
 from .loop import LoopRunner
 from .providers import PROVIDERS, resolve_model
 from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
-from .record import Outcome, Record
+from .record import Outcome, Record, dollars
 
 if TYPE_CHECKING:
     from .command import ChatRequest, Settings
@@ -56,6 +57,7 @@ class Chat:
 
     def __init__(self) -> None:
         self.conversation = Conversation()
+        self.ledger = Ledger()  # what the requests used, by model
         self._runner = LoopRunner()
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
@@ -69,33 +71,71 @@ class Chat:
         :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
         """
         answer = self._send(request, view)
-        reply = _Reply()
-        outcome: Outcome = "failed"
+        reply = _Reply(request)
         try:
-            self._runner.run(_receive(answer, view, reply))
-            outcome = "complete"
+            self._runner.run(_answer(answer, view, reply))
         except KeyboardInterrupt:
-            outcome = "interrupted"
             raise AnswerInterrupted(sum(map(len, view.pieces))) from None
         finally:
-            record = reply.record(request, view.pieces, outcome)
-            view.finish(record)
+            self.ledger.add(reply.final)
+        record = reply.final
         if not record.answer:
             raise RequestFailedError(_why_no_answer(record))
+        self._remember(request, record)
+        return record
+
+    def ask_all(self, requests: list[ChatRequest], views: list[View]) -> list[Record]:
+        """Send every request at once, each streaming into its view; a model that fails
+        says so in its own view while the others go on. The conversation goes on with
+        the first's answer. Raises :class:`AnswerInterrupted` (for all of them), or the
+        first error if none answered."""
+        import asyncio
+
+        pairs = list(zip(requests, views, strict=True))
+        streams = [self._send(request, view) for request, view in pairs]
+        replies = [_Reply(request) for request in requests]
+
+        async def everyone() -> list[Any]:
+            answers = zip(streams, views, replies, strict=True)
+            return await asyncio.gather(*(_answer(*a) for a in answers), return_exceptions=True)
+
+        try:
+            results = self._runner.run(everyone())
+        except KeyboardInterrupt:
+            raise AnswerInterrupted(sum(len(p) for view in views for p in view.pieces)) from None
+        finally:
+            for reply in replies:
+                self.ledger.add(reply.final)
+        records = [reply.final for reply in replies]
+        if not any(record.answer for record in records):
+            first = results[0]
+            if isinstance(first, FlowGptError):
+                raise first
+            raise RequestFailedError(_why_no_answer(records[0]))
+        if records[0].outcome == "complete" and records[0].answer:
+            self._remember(requests[0], records[0])
+        return records
+
+    def _remember(self, request: ChatRequest, record: Record) -> None:
         if request.records:
             if request.reset:
                 self.conversation.reset()
             self.conversation.add(record)
-        return record
 
     def _send(self, request: ChatRequest, view: View) -> AsyncResult:
         """The answer stream: checked now, sent when it is read."""
         delivery = request.delivery
+        messages = request.messages(self._context(request))
+        params = request.params
+        if request.price is not None and request.max_cost is not None:
+            most = budget_tokens(messages, request.price, request.max_cost)
+            if not isinstance(params.get("max_tokens"), int) or params["max_tokens"] > most:
+                params = {**params, "max_tokens": most}
         return request.ref.entry.provider.create_async_generator(
             request.ref.model,
-            request.messages(self._context(request)),
+            messages,
             temperature=request.temperature,
-            params=request.params,
+            params=params,
             timeout=delivery.timeout,
             first_piece_timeout=delivery.first_piece_timeout,
             connect_timeout=delivery.connect_timeout,
@@ -119,6 +159,18 @@ class Chat:
         history = [m for m in context if m["role"] != "system"]
         own = "(the provider's own)"
         temperature = own if request.temperature is None else f"{request.temperature:g}"
+        cost = []
+        if request.price is not None:
+            price = f"${request.price[0]:g} and ${request.price[1]:g} a million tokens in and out"
+            cost.append(f"price:          {price}")
+        if request.price is not None and request.max_cost is not None:
+            messages = request.messages(self._context(request))
+            most = budget_tokens(messages, request.price, request.max_cost)
+            cost.append(
+                f"cost limit:     {dollars(request.max_cost)}: the prompt is about "
+                f"{estimate_tokens(messages):,} tokens (its characters ÷ 4, and 4 a message); "
+                f"the answer may have up to {most:,}"
+            )
         return "\n".join(
             [
                 "Dry run: nothing was sent.",
@@ -131,6 +183,7 @@ class Chat:
                     else []
                 ),
                 f"system message: {system or own}",
+                *cost,
                 f"context:        {len(history)} messages, "
                 f"{sum(len(m['content']) for m in history):,} characters",
                 f"prompt ({len(request.prompt):,} characters):",
@@ -181,6 +234,27 @@ class Chat:
         return self._session
 
 
+async def _answer(answer: AsyncResult, view: View, reply: _Reply) -> None:
+    """Stream one answer into its view; its record, whatever happens, into ``reply.final``
+    and the view's ``finish``."""
+    import asyncio
+
+    outcome: Outcome = "failed"
+    error: str | None = None
+    try:
+        await _receive(answer, view, reply)
+        outcome = "complete"
+    except asyncio.CancelledError:
+        outcome = "interrupted"
+        raise
+    except FlowGptError as failure:
+        error = str(failure)
+        raise
+    finally:
+        reply.final = reply.record(view.pieces, outcome, error)
+        view.finish(reply.final)
+
+
 async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:
     extend = view.extend
     view.begin()
@@ -221,9 +295,11 @@ def _why_no_answer(record: Record) -> str:
 
 
 class _Reply:
-    """What an answer's events said besides its text, and when it came."""
+    """What an answer's events said besides its text, and when it came; its record."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.final = Record(request.prompt, "", request.model, outcome="failed")
         self.started = time.monotonic()
         self.first_piece: float | None = None
         self.reasoning: list[str] = []
@@ -245,8 +321,9 @@ class _Reply:
             case ServedBy(model=model):
                 self.served_by = model
 
-    def record(self, request: ChatRequest, pieces: list[str], outcome: Outcome) -> Record:
-        return Record(
+    def record(self, pieces: list[str], outcome: Outcome, error: str | None = None) -> Record:
+        request = self.request
+        record = Record(
             prompt=request.prompt,
             answer="".join(pieces),
             model=request.model,
@@ -265,4 +342,6 @@ class _Reply:
             first_piece_seconds=self.first_piece,
             total_seconds=time.monotonic() - self.started,
             pieces=len(pieces),
+            error=error,
         )
+        return record._replace(cost=cost_of(record, request.price))

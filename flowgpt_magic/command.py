@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .exceptions import InvalidRequestError
+from .ledger import Price
 from .prompt import expand
 from .providers import ModelRef, ProviderEntry, resolve_model
 from .providers.base import check_temperature
@@ -31,6 +32,9 @@ class Settings(NamedTuple):
     proxy: str | None = None
     #: Each provider's own options, by provider name (its endpoint, its key).
     provider_options: Mapping[str, Mapping[str, Any]] = {}
+    #: USD per million tokens in and out, by model id; and the most a cell may spend.
+    prices: Mapping[str, Price] = {}
+    max_cost: float | None = None
 
     def options_for(self, entry: ProviderEntry) -> dict[str, Any]:
         """The keyword options ``entry``'s provider is called with (besides delivery)."""
@@ -53,6 +57,9 @@ class ChatRequest(NamedTuple):
     delivery: Delivery
     #: The provider's keyword options: the proxy, its endpoint and key.
     options: Mapping[str, Any]
+    #: The model's price (USD per million tokens in and out), if known; the most it may cost.
+    price: Price | None = None
+    max_cost: float | None = None
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -94,6 +101,7 @@ def build_request(
     reset: bool = False,
     answer_format: Format | None = None,
     cell_id: str | None = None,
+    max_cost: str | None = None,
 ) -> ChatRequest:
     """Check a cell's options against the notebook's settings, and fill in the prompt's
     ``{name}`` forms from ``namespace`` (None: the cell as written)."""
@@ -108,6 +116,14 @@ def build_request(
             "conversation alone, --reset starts a new one with this cell. Choose one."
         )
     ref = resolve_model(model or settings.model)
+    limit = parse_dollars(max_cost) if max_cost is not None else settings.max_cost
+    price = settings.prices.get(ref.id)
+    if limit is not None and price is None:
+        raise InvalidRequestError(
+            f"A cost limit needs the price of {ref.id}, which is not known. Give it in US "
+            f"dollars per million tokens in and out: %config FlowGptMagics.prices = "
+            f"{{{ref.id!r}: [0.15, 0.60]}}."
+        )
     return ChatRequest(
         prompt=prompt,
         ref=ref,
@@ -124,6 +140,8 @@ def build_request(
         context_chars=settings.context_chars,
         delivery=settings.delivery,
         options=settings.options_for(ref.entry),
+        price=price,
+        max_cost=limit,
     )
 
 
@@ -145,6 +163,18 @@ def parse_params(assignments: Sequence[str]) -> dict[str, Any]:
         except ValueError:
             params[name] = text
     return params
+
+
+def parse_dollars(text: str) -> float:
+    try:
+        value = float(text.removeprefix("$"))
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise InvalidRequestError(
+            f"--max-cost takes an amount of US dollars, such as 0.05, not {text!r}."
+        )
+    return value
 
 
 def parse_temperature(text: str) -> float:

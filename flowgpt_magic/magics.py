@@ -17,13 +17,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .chat import Chat
-from .command import Settings, build_request
+from .command import build_request
 from .conversation import Conversation, exchanges
-from .display import code_of, open_view
+from .display import code_of, open_columns, open_view
 from .exceptions import AnswerInterrupted, FlowGptError
 from .prompt import ErrorLog
-from .providers import PROVIDERS, ProviderEntry, ProviderSettings, resolve_model
-from .providers.http import Delivery
+from .providers import PROVIDERS, resolve_model
 from .record import FORMATS
 from .settings import FlowGptSettings
 
@@ -122,34 +121,17 @@ class FlowGptMagics(Magics, FlowGptSettings):
         namespace: dict[str, Any] = self.shell.user_ns
         return namespace
 
-    def _settings_of(self, entry: ProviderEntry) -> ProviderSettings:
-        settings: ProviderSettings = self.provider_settings.get(entry.name, self)
-        return settings
-
-    def settings(self) -> Settings:
-        """What a cell falls back on, as the settings stand now."""
-        return Settings(
-            model=self.default_model,
-            temperature=self.temperature,
-            system=self.system_message,
-            params=self.params,
-            answer_format=self.answer_format,
-            context_turns=self.history_turns,
-            context_chars=self.history_chars,
-            delivery=Delivery(
-                self.timeout, self.first_piece_timeout, self.connect_timeout, self.retries
-            ),
-            proxy=self.proxy,
-            provider_options={
-                entry.name: self._settings_of(entry).request_options()
-                for entry in PROVIDERS.values()
-            },
-        )
-
     # -- %%flowgpt ---------------------------------------------------------------------
 
     @magic_arguments()
-    @argument("-m", "--model", metavar="MODEL", help="Model or alias, for this cell only.")
+    @argument(
+        "-m",
+        "--model",
+        metavar="MODEL",
+        action="append",
+        help="Model or alias, for this cell only. Given more than once, every model is asked "
+        "at once, the answers side by side; the conversation goes on with the first's.",
+    )
     @argument(
         "-t", "--temperature", metavar="T", help="Temperature from 0 to 2, for this cell only."
     )
@@ -189,7 +171,19 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "blocks, highlighted; -o and _flowgpt then hold the code). Default: "
         "FlowGptMagics.answer_format.",
     )
-    @argument("-o", "--output", metavar="NAME", help="Store the answer in the variable NAME.")
+    @argument(
+        "--max-cost",
+        metavar="USD",
+        help="The most this cell may spend, in US dollars: a prompt that would cost more "
+        "alone is not sent; the answer's max_tokens is what the rest pays for. Needs the "
+        "model's price (FlowGptMagics.prices). Default: FlowGptMagics.max_cost.",
+    )
+    @argument(
+        "-o",
+        "--output",
+        metavar="NAME",
+        help="Store the answer in the variable NAME (several models: a dict, model to answer).",
+    )
     @cell_magic
     def flowgpt(self, line: str, cell: str) -> None:
         """Ask a chat model: the cell body is the prompt; the answer streams in below.
@@ -209,30 +203,48 @@ class FlowGptMagics(Magics, FlowGptSettings):
                 f"-o needs a variable name to store the answer in, not {args.output!r}."
             )
         with _usage_errors():
-            request = build_request(
-                cell,
-                self.settings(),
-                namespace=None if args.raw else ChainMap({"Err": self.errors}, self._namespace),
-                model=args.model,
-                temperature=args.temperature,
-                system=args.system,
-                params=args.param,
-                no_history=args.no_history,
-                reset=args.reset,
-                answer_format=args.format,
-                cell_id=self._cell_id,
-            )
+            settings = self.settings()
+            namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
+            requests = [
+                build_request(
+                    cell,
+                    settings,
+                    namespace=namespace,
+                    model=model,
+                    temperature=args.temperature,
+                    system=args.system,
+                    params=args.param,
+                    no_history=args.no_history,
+                    reset=args.reset,
+                    answer_format=args.format,
+                    cell_id=self._cell_id,
+                    max_cost=args.max_cost,
+                )
+                for model in dict.fromkeys(args.model or [None])  # (each model once)
+            ]
             if args.dry_run:
-                print(self.chat.dry_run(request))
+                print("\n\n".join(self.chat.dry_run(request) for request in requests))
                 return
-            view = open_view(
-                self._use_widget(), f"Waiting for {request.model}…", request.format, self.footer
-            )
-            record = self.chat.ask(request, view)
-        kept = code_of(record.answer)[0] if request.format == "code" else record.answer
-        self._namespace["_flowgpt"] = kept
+            answer_format, widget = requests[0].format, self._use_widget()
+            if len(requests) == 1:
+                view = open_view(
+                    widget, f"Waiting for {requests[0].model}…", answer_format, self.footer
+                )
+                records = [self.chat.ask(requests[0], view)]
+            else:
+                views = open_columns(
+                    widget, [r.model for r in requests], answer_format, self.footer
+                )
+                records = self.chat.ask_all(requests, views)
+        kept = {
+            record.model: code_of(record.answer)[0] if answer_format == "code" else record.answer
+            for record in records
+            if record.answer
+        }
+        value = kept if len(requests) > 1 else kept[records[0].model]
+        self._namespace["_flowgpt"] = value
         if args.output:
-            self._namespace[args.output] = kept
+            self._namespace[args.output] = value
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -255,6 +267,21 @@ class FlowGptMagics(Magics, FlowGptSettings):
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
+
+    # -- %flowgpt_usage -----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--reset", action="store_true", help="Start counting again.")
+    @line_magic
+    def flowgpt_usage(self, line: str) -> None:
+        """This notebook's requests, tokens in and out, and their cost, by model, and in
+        all (since the extension loaded, or --reset)."""
+        args = _parse(self.flowgpt_usage, line)
+        if args.reset:
+            self.chat.ledger.reset()
+            print("Usage is counted from zero again.")
+            return
+        print(self.chat.ledger.table())
 
     # -- %flowgpt_key -------------------------------------------------------------------
 

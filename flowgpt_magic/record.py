@@ -46,6 +46,8 @@ class Record(NamedTuple):
     #: What the model said while reasoning, apart from the answer; never sent as context.
     reasoning: str = ""
     usage: Usage | None = None
+    #: What the answer cost, in US dollars: the server's word, else the notebook's prices.
+    cost: float | None = None
     #: Why the model stopped (``stop``, ``length``...), when the server says.
     finish_reason: str | None = None
     #: The notebook cell it came from, when the frontend says (JupyterLab does).
@@ -53,6 +55,8 @@ class Record(NamedTuple):
     #: Whether a complete answer joins the conversation (not with --no-history).
     recorded: bool = True
     outcome: Outcome = "complete"
+    #: Why it failed, in one line (a failed outcome).
+    error: str | None = None
     format: Format = "markdown"
     #: When the answer ended (Unix time).
     time: float | None = None
@@ -84,6 +88,7 @@ class Record(NamedTuple):
             f"first piece in {first:.2f} s" if first is not None else "no piece",
             f"{self.total_seconds or 0.0:.2f} s in all",
             self._tokens() or _count(self.pieces, "piece"),
+            *([dollars(self.cost)] if self.cost is not None else []),
             f"{len(self.answer):,} characters",
         ]
         return " · ".join(parts)  # (an interrupted or failed answer has its own line below)
@@ -166,10 +171,12 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "system": str,
     "reasoning": str,
     "usage": dict,
+    "cost": _NUMBER,
     "finish_reason": str,
     "cell_id": str,
     "recorded": bool,
     "outcome": str,
+    "error": str,
     "format": str,
     "time": (*_NUMBER, str),
     "first_piece_seconds": _NUMBER,
@@ -189,6 +196,14 @@ def _usage(data: dict[str, Any]) -> Usage:
         number("reasoning_tokens", int),
         number("cost", _NUMBER),
     )
+
+
+def dollars(amount: float) -> str:
+    """US dollars, with two significant digits for small amounts ($0.000023, $0.50)."""
+    import math
+
+    decimals = 2 if amount <= 0 else max(2, 1 - math.floor(math.log10(amount)))
+    return f"${amount:,.{decimals}f}"
 
 
 def _count(number: int, thing: str) -> str:

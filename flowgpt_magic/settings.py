@@ -10,10 +10,11 @@ from typing import Any
 from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from .command import Settings
 from .exceptions import FlowGptError, SecretURL
-from .providers import FlowGpt, resolve_model
+from .providers import PROVIDERS, FlowGpt, resolve_model
 from .providers.base import check_temperature
-from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT
+from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery
 from .record import FORMATS
 
 
@@ -96,8 +97,46 @@ class FlowGptSettings(Configurable):
     footer = Bool(
         True,
         help="Show a line under each answer: model, time to the first piece, total time, "
-        "tokens (or pieces) and characters.",
+        "tokens (or pieces), cost and characters.",
     ).tag(config=True)
+    prices = Dict(
+        help="What models cost, in US dollars per million tokens in and out: "
+        "{'openai:gpt-4o-mini': [0.15, 0.60]}. A cost the server reports (OpenRouter, "
+        "LiteLLM) comes first.",
+    ).tag(config=True)
+    max_cost = Float(
+        None,
+        allow_none=True,
+        help="The most a cell may spend, in US dollars (None: no limit); a cell's --max-cost "
+        "overrides it. A prompt that would cost more alone is not sent; else the answer's "
+        "max_tokens is what the rest pays for. Needs the model's price (prices).",
+    ).tag(config=True)
+
+    @validate("prices")
+    def _check_prices(self, proposal: Any) -> dict[str, tuple[float, float]]:
+        checked = {}
+        for model, price in proposal.value.items():
+            if not (
+                isinstance(price, (list, tuple))
+                and len(price) == 2
+                and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in price)
+                and min(price) >= 0
+            ):
+                raise TraitError(
+                    f"The price of {model!r} must be [input, output], two numbers of US dollars "
+                    f"per million tokens, like [0.15, 0.60]; not {price!r}."
+                )
+            try:
+                checked[resolve_model(model).id] = (float(price[0]), float(price[1]))
+            except FlowGptError as error:
+                raise TraitError(str(error)) from None
+        return checked
+
+    @validate("max_cost")
+    def _check_max_cost(self, proposal: Any) -> float | None:
+        if proposal.value is not None and not proposal.value >= 0:
+            raise TraitError(f"max_cost must be a number of US dollars, not {proposal.value!r}.")
+        return proposal.value  # type: ignore[no-any-return]
 
     @validate("default_model")
     def _resolve_default_model(self, proposal: Any) -> str:
@@ -118,6 +157,30 @@ class FlowGptSettings(Configurable):
             return check_temperature(proposal.value)
         except FlowGptError as error:
             raise TraitError(str(error)) from None
+
+    #: Each provider's own settings (OpenAI, Local), by provider name; FlowGPT's are these.
+    provider_settings: dict[str, Any]
+
+    def settings(self) -> Settings:
+        """What a cell falls back on, as the settings stand now."""
+        return Settings(
+            model=self.default_model,
+            temperature=self.temperature,
+            system=self.system_message,
+            params=self.params,
+            answer_format=self.answer_format,
+            context_turns=self.history_turns,
+            context_chars=self.history_chars,
+            delivery=Delivery(
+                self.timeout, self.first_piece_timeout, self.connect_timeout, self.retries
+            ),
+            proxy=self.proxy,
+            provider_options={
+                name: self.provider_settings.get(name, self).request_options() for name in PROVIDERS
+            },
+            prices=self.prices,
+            max_cost=self.max_cost,
+        )
 
     def request_options(self) -> dict[str, Any]:
         """FlowGPT's options: its settings are ours (the magics are named after it)."""

@@ -70,6 +70,13 @@ def litellm(llama: RunningServer) -> Iterator[RunningServer]:
     server = start_litellm(
         {
             "mock-gpt": {"model": "openai/mock-gpt", "api_key": "x", "mock_response": "Hi there!"},
+            "priced-mock": {
+                "model": "openai/priced-mock",
+                "api_key": "x",
+                "mock_response": "A priced answer.",
+                "input_cost_per_token": 0.000001,
+                "output_cost_per_token": 0.000002,
+            },
             "smollm2": {**upstream, "api_base": llama.base_url},
             "doomed": {**upstream, "api_base": f"http://127.0.0.1:{doomed}/v1"},
         }

@@ -507,3 +507,49 @@ def test_a_local_model_says_it_loads_then_streams_its_answer(
     notebook.screenshot("local-final.png", of_cell=2)
     second = notebook.run_and_wait(3)  # the model is loaded already: no line says it loads
     assert "Loading" not in second and "local (answered by SmolLM2" in second
+
+
+def test_several_models_answer_side_by_side_and_stay_so(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.04
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            "%%flowgpt -m openai:gpt-4o -m openai:llama3.2 -m gemini\nWhich is best?",
+        ]
+    )
+    notebook.run_and_wait(1)
+    columns = """(cell) => Array.from(cell.querySelectorAll(
+        '.jp-Cell-outputArea .widget-hbox > .widget-vbox, .jp-Cell-outputArea div[style*="flex: 1"]'
+    )).map((column) => {
+        const box = column.getBoundingClientRect();
+        return {left: Math.round(box.left), top: Math.round(box.top), text: column.innerText};
+    })"""
+    notebook.run(2)
+    live: list[Any] = []
+    deadline = time.monotonic() + 60
+    while not DONE_PROMPT.search(notebook.prompt(2)):
+        assert time.monotonic() < deadline, "the answers did not finish within 60 s"
+        seen = notebook.cell(2).evaluate(columns)
+        if len(seen) == 3 and all("[Offline answer" in c["text"] for c in seen):
+            live.append(seen)
+            if len(live) == 3:
+                notebook.screenshot("several-streaming.png", of_cell=2)
+        time.sleep(0.1)
+    # While they streamed: three columns, side by side (one top, three lefts), each growing.
+    assert live, "never saw the three columns streaming"
+    assert len({c["top"] for c in live[0]}) == 1 and len({c["left"] for c in live[0]}) == 3
+    wait_until(lambda: "google-gemini" in notebook.output(2), 10, "the finished answers")
+    final = notebook.cell(2).evaluate(columns)
+    notebook.screenshot("several-final.png", of_cell=2)
+    # The saved output: every answer under its model's name, each with its footer, still
+    # side by side (JupyterLab keeps the columns' style).
+    assert [c["text"].split("\n")[0] for c in final] == [
+        "openai:gpt-4o",
+        "openai:llama3.2",
+        "google-gemini",
+    ]
+    assert all(" · first piece in " in c["text"] for c in final)
+    assert len({c["top"] for c in final}) == 1

@@ -21,6 +21,7 @@ from real_servers import MASTER_KEY, RunningServer
 from flowgpt_magic import OpenAICompatible, RequestFailedError, ResponseTimeoutError
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.providers import Finish, Reasoning, ServedBy, Usage
+from flowgpt_magic.record import dollars
 
 QUESTION = [{"role": "user", "content": "Name three colours, one word each."}]
 
@@ -146,6 +147,25 @@ def test_the_record_names_the_model_that_answered(
     assert (
         "(openai:gpt-imaginary (answered by SmolLM2) · first piece in " in capsys.readouterr().out
     )
+
+
+def test_a_cost_the_server_reports_comes_first_and_reaches_the_footer(
+    shell: InteractiveShell,
+    pointed_at: Any,
+    litellm: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    magics = pointed_at(litellm, MASTER_KEY)
+    # A price of our own, that the server's word overrides.
+    shell.run_line_magic("config", "FlowGptMagics.prices = {'openai:priced-mock': [100, 100]}")
+    assert cell(shell, "-m openai:priced-mock", "Say hi") is None
+    (record,) = magics.conversation
+    usage = record.usage
+    expected = usage.input_tokens * 0.000001 + usage.output_tokens * 0.000002
+    assert usage.cost == pytest.approx(expected) and record.cost == usage.cost
+    assert f" · {dollars(record.cost)} · " in capsys.readouterr().out
+    shell.run_line_magic("flowgpt_usage", "")
+    assert dollars(record.cost) in capsys.readouterr().out
 
 
 # -- reasoning ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ FULL = Record(
     system="Be brief.",
     reasoning="The user asks why.",
     usage=Usage(input_tokens=12, output_tokens=40, reasoning_tokens=30, cost=0.0002),
+    cost=0.0002,
     finish_reason="stop",
     cell_id="c1",
     recorded=True,
@@ -94,10 +95,10 @@ def test_the_footer_names_the_model_the_timings_and_the_tokens() -> None:
     # 40 tokens written in 3.4 - 0.21 s: 13 a second. (qwen3-8b-q4 is the model asked.)
     assert FULL.footer() == (
         "openai:qwen3 · first piece in 0.21 s · 3.40 s in all · 12 tokens in, 40 out "
-        "(13 a second) · 8 characters"
+        "(13 a second) · $0.00020 · 8 characters"
     )
-    # Without the server's count of tokens, the pieces that came.
-    one = FULL._replace(first_piece_seconds=0.0, pieces=1, answer="abc", usage=None)
+    # Without the server's count of tokens, the pieces that came (and no cost).
+    one = FULL._replace(first_piece_seconds=0.0, pieces=1, answer="abc", usage=None, cost=None)
     assert one.footer().endswith("first piece in 0.00 s · 3.40 s in all · 1 piece · 3 characters")
 
 
@@ -127,3 +128,19 @@ def test_context_is_the_prompt_and_the_answer_never_the_reasoning() -> None:
         {"role": "user", "content": "Why?"},
         {"role": "assistant", "content": "Because."},
     ]
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (0, "$0.00"),
+        (0.000023, "$0.000023"),
+        (0.0004, "$0.00040"),
+        (0.5, "$0.50"),
+        (1234.5, "$1,234.50"),
+    ],
+)
+def test_small_costs_keep_their_two_significant_digits(amount: float, shown: str) -> None:
+    from flowgpt_magic.record import dollars
+
+    assert dollars(amount) == shown

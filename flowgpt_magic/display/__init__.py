@@ -13,7 +13,19 @@ if TYPE_CHECKING:
     from ..chat import View
     from ..record import Format
 
-__all__ = ["MarkdownBlocks", "TextView", "code_of", "open_view", "static_bundle"]
+__all__ = ["MarkdownBlocks", "TextView", "code_of", "open_columns", "open_view", "static_bundle"]
+
+
+def open_columns(
+    use_widget: bool, models: list[str], answer_format: Format, footer: bool
+) -> list[View]:
+    """Views for several answers at once, side by side (Jupyter) or one after the other
+    (a terminal): one a model."""
+    from .columns import ColumnsView, TextColumns
+
+    if use_widget:
+        return list(ColumnsView(models, answer_format, footer).columns)
+    return list(TextColumns(models, footer).columns)
 
 
 def open_view(use_widget: bool, waiting: str, answer_format: Format, footer: bool) -> View:

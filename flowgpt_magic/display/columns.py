@@ -1,0 +1,271 @@
+"""Several answers side by side: one column each (several models asked at once).
+
+In Jupyter, one box holds a column a model: its name, its answer, its status line. Answers
+stream into their columns on one clock; no column captures the cell's output (several
+could not), so each column's finished Markdown blocks and unfinished block are set as
+its widgets' outputs. A column that ends shows its footer (or its one-line error) at
+once; when all have, the box is replaced, in one update, by one static output with every
+answer, columns where the frontend keeps them (side by side in JupyterLab, one after the
+other elsewhere), and every record in its metadata.
+
+In a terminal the first answer streams as it comes, under its model's name; each other is
+written whole, under its name, once it is complete: answers never garble one another.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..record import METADATA_KEY, Format, Record
+from .markdown import MarkdownBlocks, static_bundle
+from .text import TextView, retry_line
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..providers.http import RetryNotice
+
+#: Seconds between two updates of the columns while answers stream.
+FLUSH_INTERVAL = 1 / 10
+
+
+class ColumnsView:
+    """The box of columns; ``columns`` are the views the answers stream into."""
+
+    def __init__(self, models: list[str], answer_format: Format, footer: bool = True) -> None:
+        import ipywidgets
+
+        self._widgets = ipywidgets
+        self._format = answer_format
+        self._footer = footer
+        self.columns = [_Column(self, model) for model in models]
+        self._timer: asyncio.TimerHandle | None = None
+        self._handle: Any = None
+
+    def begin(self) -> None:
+        """Show the box (once), and update its columns on the clock."""
+        if self._handle is not None:
+            return
+        from IPython.display import display
+
+        from .widget import WIDGET_VIEW, _shared_layout
+
+        ipywidgets, layout = self._widgets, _shared_layout()
+        # (One Layout for the columns, one for the box: each Layout is a widget of its own.)
+        self._layouts = (
+            ipywidgets.Layout(flex="1 1 0", min_width="0", margin="0 1.5em 0 0"),
+            ipywidgets.Layout(align_items="flex-start"),
+        )
+        boxes = []
+        for column in self.columns:
+            column.answer = ipywidgets.Output(layout=layout)
+            column.status = ipywidgets.Output(outputs=(_line(column.waiting),), layout=layout)
+            title = ipywidgets.HTML(f"<b>{html.escape(column.model)}</b>", layout=layout)
+            parts = (title, column.answer, column.status)
+            boxes.append(ipywidgets.VBox(parts, layout=self._layouts[0]))
+        self._box = ipywidgets.HBox(boxes, layout=self._layouts[1])
+        self._parts = [self._box, *boxes, *(w for box in boxes for w in box.children)]
+        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
+        plain = "Asking " + ", ".join(column.model for column in self.columns) + "…"
+        self._handle = display({WIDGET_VIEW: view, "text/plain": plain}, raw=True, display_id=True)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        import asyncio
+
+        self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        for column in self.columns:
+            if column.record is None:
+                column.flush()
+        self._schedule()
+
+    def column_finished(self) -> None:
+        if any(column.record is None for column in self.columns):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        records = [column.record for column in self.columns if column.record is not None]
+        self._handle.update(
+            several_bundle(records, self._format, self._footer),
+            raw=True,
+            metadata={
+                METADATA_KEY: records[0].to_json(),
+                "answers": [r.to_json() for r in records],
+            },
+        )
+        for widget in (*self._parts, *self._layouts):
+            widget.close()
+
+
+class _Column:
+    """One model's answer in the box (the view the chat streams it into)."""
+
+    def __init__(self, box: ColumnsView, model: str) -> None:
+        self.box, self.model = box, model
+        self.waiting = f"Waiting for {model}…"
+        self.pieces: list[str] = []
+        self.extend = self.pieces.extend
+        self.record: Record | None = None
+        self.answer: Any = None  # ipywidgets.Output, once the box is shown
+        self.status: Any = None
+        self._blocks = MarkdownBlocks()
+        self._shown = 0
+        self._thoughts = 0  # characters of reasoning
+
+    def begin(self) -> None:
+        self.box.begin()
+
+    def started(self) -> None:
+        self.flush()
+
+    def reasoning(self, text: str) -> None:
+        self._thoughts += len(text)
+        if not self.pieces:
+            self.status.outputs = (_line(f"Reasoning… ({self._thoughts:,} characters)"),)
+
+    def retrying(self, notice: RetryNotice) -> None:
+        if not self.pieces:
+            self.status.outputs = (_line(f"{self.waiting} {retry_line(notice)}"),)
+
+    def progress(self, text: str) -> None:
+        if not self.pieces:
+            self.status.outputs = (_line(text),)
+
+    def flush(self) -> None:
+        """Show what came since the last update: finished blocks, and the unfinished one."""
+        if len(self.pieces) == self._shown:
+            return
+        text = "".join(self.pieces[self._shown :])
+        self._shown = len(self.pieces)
+        finished = self._blocks.feed(text)
+        if finished:
+            self.answer.outputs = (*self.answer.outputs, _rendered("".join(finished), self.box))
+        tail = self._blocks.shown_tail
+        self.status.outputs = (_rendered(tail, self.box),) if tail else ()
+
+    def finish(self, record: Record) -> None:
+        """This model is done: its answer, its footer or its error, in its column."""
+        self.record = record
+        lines = []
+        if self.box._footer and record.answer:
+            lines.append(f"<small><i>{html.escape(record.footer())}</i></small>")
+        if (notice := record.notice() or record.error) is not None:
+            lines.append(html.escape(f"■ {notice}"))
+        if record.outcome == "interrupted":
+            lines.append("■ Interrupted.")
+        if self.answer is not None:
+            self.answer.outputs = (_rendered(record.answer, self.box),) if record.answer else ()
+            self.status.outputs = (_html("<br>".join(lines)),) if lines else ()
+        self.box.column_finished()
+
+
+def several_bundle(records: list[Record], answer_format: Format, footer: bool) -> dict[str, str]:
+    """What several answers are saved as: a column each, each with its footer (Markdown in
+    flex boxes: side by side where the frontend keeps their style, one after the other
+    where it does not), and the same as plain text."""
+    markdown, plain = ['<div style="display: flex; gap: 2em; align-items: flex-start">'], []
+    for record in records:
+        bundle = static_bundle(
+            record.answer,
+            answer_format,
+            record.footer() if footer and record.answer else None,
+            reasoning=record.reasoning,
+            notice=record.notice() or record.error,
+        )
+        text = bundle.get("text/markdown") or f"<pre>{html.escape(bundle['text/plain'])}</pre>"
+        # (The blank lines end the HTML blocks, so that the Markdown between is rendered.)
+        markdown.append(
+            f'<div style="flex: 1; min-width: 0">\n\n#### {record.model}\n\n{text}\n\n</div>'
+        )
+        plain.append(f"── {record.model} ──\n{bundle['text/plain']}")
+    markdown.append("</div>")
+    return {"text/markdown": "\n".join(markdown), "text/plain": "\n\n".join(plain)}
+
+
+def _line(text: str) -> dict[str, Any]:
+    from .widget import _note
+
+    return _note(text)
+
+
+def _html(text: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": {"text/html": text}, "metadata": {}}
+
+
+def _rendered(text: str, box: ColumnsView) -> dict[str, Any]:
+    if box._format == "text":
+        return {"output_type": "stream", "name": "stdout", "text": text}
+    from .widget import _markdown
+
+    return _markdown(text)
+
+
+class TextColumns:
+    """Several answers in a terminal: the first as it comes, the others whole, each under
+    its model's name."""
+
+    def __init__(
+        self, models: list[str], footer: bool = True, stream: TextIO | None = None
+    ) -> None:
+        self._stream = stream or sys.stdout
+        self.columns: list[Any] = [_First(self, footer, self._stream)]
+        self.columns += [_Held(self, footer) for _ in models[1:]]
+        self._models = models
+        self._first_done = False
+        self._waiting: list[tuple[str, _Held]] = []
+        self._stream.write(f"── {models[0]} ──\n")
+
+    def held_finished(self, held: _Held) -> None:
+        model = self._models[self.columns.index(held)]
+        if self._first_done:
+            held.write(model)
+        else:
+            self._waiting.append((model, held))
+
+    def first_finished(self) -> None:
+        self._first_done = True
+        for model, held in self._waiting:
+            held.write(model)
+
+
+class _First(TextView):
+    """The first answer, written as it comes; its error under it, as the others' are."""
+
+    def __init__(self, columns: TextColumns, footer: bool, stream: TextIO) -> None:
+        super().__init__(footer, stream)
+        self._columns = columns
+
+    def finish(self, record: Record) -> None:
+        super().finish(record)
+        if record.error is not None:
+            self._stream.write(f"■ {record.error}\n")
+        self._columns.first_finished()
+
+
+class _Held(TextView):
+    """An answer kept until it is whole (and the first is written), then written."""
+
+    def __init__(self, columns: TextColumns, footer: bool) -> None:
+        import io
+
+        self._columns, self._out = columns, columns._stream
+        self._held = io.StringIO()
+        super().__init__(footer, self._held)
+
+    def progress(self, text: str) -> None:
+        pass  # (the first answer's line says it)
+
+    def finish(self, record: Record) -> None:
+        super().finish(record)
+        if record.error is not None:
+            self._stream.write(f"■ {record.error}\n")
+        self._columns.held_finished(self)
+
+    def write(self, model: str) -> None:
+        self._out.write(f"\n── {model} ──\n{self._held.getvalue()}")
+        self._out.flush()

@@ -1,0 +1,135 @@
+"""What a notebook's requests used: by model, the requests, the tokens in and out and what
+they cost; and the sums. No UI here: ``%flowgpt_usage`` prints ``table()``."""
+
+from __future__ import annotations
+
+from .record import Record, dollars
+
+
+class Account:
+    """One model's requests. (A plain class: a dataclass would cost its exec() at load.)"""
+
+    __slots__ = ("cost", "input_tokens", "output_tokens", "requests", "uncounted", "unpriced")
+
+    def __init__(self) -> None:
+        self.requests = self.input_tokens = self.output_tokens = 0
+        self.cost = 0.0
+        # Requests whose tokens the server did not count (an interrupted answer), or whose
+        # cost is not known (no price): the sums leave them out.
+        self.uncounted = self.unpriced = 0
+
+    def add(self, record: Record) -> None:
+        self.requests += 1
+        usage = record.usage
+        if usage is None or usage.output_tokens is None:
+            self.uncounted += 1
+        else:
+            self.input_tokens += usage.input_tokens or 0
+            self.output_tokens += usage.output_tokens
+        if record.cost is None:
+            self.unpriced += 1
+        else:
+            self.cost += record.cost
+
+
+class Ledger:
+    """The accounts of a notebook's models, in the order they were first asked."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    def add(self, record: Record) -> None:
+        self.accounts.setdefault(record.model, Account()).add(record)
+
+    def reset(self) -> None:
+        self.accounts.clear()
+
+    def total(self) -> Account:
+        total = Account()
+        for account in self.accounts.values():
+            for name in ("requests", "input_tokens", "output_tokens", "uncounted", "unpriced"):
+                setattr(total, name, getattr(total, name) + getattr(account, name))
+            total.cost += account.cost
+        return total
+
+    def table(self) -> str:
+        """The accounts as a table, for a person to read."""
+        if not self.accounts:
+            return "No requests yet."
+        rows = [("model", "requests", "tokens in", "tokens out", "cost")]
+        for model, account in (*self.accounts.items(), ("total", self.total())):
+            cost = dollars(account.cost) if account.unpriced < account.requests else "-"
+            if account.unpriced and cost != "-":
+                cost += "+"  # (some of its requests had no known cost)
+            rows.append(
+                (
+                    model,
+                    f"{account.requests:,}",
+                    f"{account.input_tokens:,}",
+                    f"{account.output_tokens:,}",
+                    cost,
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        ]
+        lines.insert(-1, "-" * len(lines[0]))
+        total = self.total()
+        notes = []
+        if total.uncounted:
+            notes.append(
+                f"{total.uncounted:,} request(s) without a token count (stopped or failed)"
+            )
+        if total.unpriced:
+            notes.append(
+                f"{total.unpriced:,} without a known cost (no price: "
+                "%config FlowGptMagics.prices, in USD per million tokens in and out)"
+            )
+        return "\n".join(lines + ([f"({'; '.join(notes)}.)"] if notes else []))
+
+
+#: USD per million tokens, in and out.
+Price = tuple[float, float]
+
+
+def cost_of(record: Record, price: Price | None) -> float | None:
+    """What an answer cost: the server's word (OpenRouter, LiteLLM), else its tokens at
+    ``price``; None when neither is known."""
+    usage = record.usage
+    if usage is None:
+        return None
+    if usage.cost is not None:
+        return usage.cost
+    if price is None or usage.output_tokens is None:
+        return None
+    return ((usage.input_tokens or 0) * price[0] + usage.output_tokens * price[1]) / 1e6
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """About how many tokens ``messages`` are: a token is about four characters of English,
+    and each message costs a few more (OpenAI counts 3 or 4)."""
+    return sum(-(-len(message["content"]) // 4) + 4 for message in messages)
+
+
+def budget_tokens(messages: list[dict[str, str]], price: Price, max_cost: float) -> int:
+    """The most tokens an answer may have for the prompt and the answer to cost at most
+    ``max_cost``; an error (nothing is sent) if the prompt alone would cost more."""
+    from .exceptions import InvalidRequestError
+
+    prompt = estimate_tokens(messages)
+    prompt_cost = prompt * price[0] / 1e6
+    if prompt_cost > max_cost:
+        raise InvalidRequestError(
+            f"The prompt alone would cost about {dollars(prompt_cost)}, more than the "
+            f"{dollars(max_cost)} allowed: about {prompt:,} tokens (its characters ÷ 4, and "
+            f"4 a message) at ${price[0]:g} a million. Nothing was sent. Raise --max-cost, or "
+            "send less context (--no-history, FlowGptMagics.history_turns)."
+        )
+    if price[1] <= 0:
+        return 2**31  # (an answer that costs nothing: no limit)
+    return int((max_cost - prompt_cost) / price[1] * 1e6)
