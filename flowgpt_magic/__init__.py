@@ -43,19 +43,24 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import FlowGptMagics
+    from .tools import ToolMagics
 
-    ipython.register_magics(FlowGptMagics(ipython))
+    magics = FlowGptMagics(ipython)
+    ipython.register_magics(magics, ToolMagics(ipython, magics))
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     from .magics import FlowGptMagics
+    from .tools import ToolMagics
 
     magics = ipython.magics_manager.registry.pop(FlowGptMagics.__name__, None)
+    tools = ipython.magics_manager.registry.pop(ToolMagics.__name__, None)
     if magics is None:
         return
-    for kind, names in magics.magics.items():
-        for name in names:
-            ipython.magics_manager.magics[kind].pop(name, None)
+    for registered in (magics, tools):
+        for kind, names in registered.magics.items() if registered else ():
+            for name in names:
+                ipython.magics_manager.magics[kind].pop(name, None)
     for configurable in (magics, *magics.provider_settings.values()):
         if configurable in ipython.configurables:
             ipython.configurables.remove(configurable)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +60,9 @@ class Chat:
         self.conversation = Conversation()
         self.ledger = Ledger()  # what the requests used, by model
         self._runner = LoopRunner()
+        self._asked = 0  # requests asked so far
+        # The answers streaming in the background: their label, thread, and stop.
+        self._background: dict[Any, tuple[str, Any, Callable[[], None]]] = {}
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
 
@@ -71,7 +75,7 @@ class Chat:
         :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
         """
         answer = self._send(request, view)
-        reply = _Reply(request)
+        reply, asked = _Reply(request), self._ask_next()
         try:
             self._runner.run(_answer(answer, view, reply))
         except KeyboardInterrupt:
@@ -80,8 +84,8 @@ class Chat:
             self.ledger.add(reply.final)
         record = reply.final
         if not record.answer:
-            raise RequestFailedError(_why_no_answer(record))
-        self._remember(request, record)
+            raise RequestFailedError(record.error or _why_no_answer(record))
+        self._remember(request, record, asked)
         return record
 
     def ask_all(self, requests: list[ChatRequest], views: list[View]) -> list[Record]:
@@ -93,7 +97,7 @@ class Chat:
 
         pairs = list(zip(requests, views, strict=True))
         streams = [self._send(request, view) for request, view in pairs]
-        replies = [_Reply(request) for request in requests]
+        replies, asked = [_Reply(request) for request in requests], self._ask_next()
 
         async def everyone() -> list[Any]:
             answers = zip(streams, views, replies, strict=True)
@@ -111,19 +115,72 @@ class Chat:
             first = results[0]
             if isinstance(first, FlowGptError):
                 raise first
-            raise RequestFailedError(_why_no_answer(records[0]))
-        if records[0].outcome == "complete" and records[0].answer:
-            self._remember(requests[0], records[0])
+            raise RequestFailedError(records[0].error or _why_no_answer(records[0]))
+        if records[0].outcome == "complete":
+            self._remember(requests[0], records[0], asked)
         return records
 
-    def _remember(self, request: ChatRequest, record: Record) -> None:
+    def ask_in_background(self, request: ChatRequest, view: View, label: str) -> Callable[[], None]:
+        """Send ``request`` and return at once; the answer streams into ``view`` from a
+        thread of its own (with its own loop and connection), so that it goes on while
+        other cells run, even cells that keep the kernel busy. It joins the conversation
+        when it completes, after the exchanges asked before it (on the loop that runs the
+        cells, between them). Its failure is the view's to show. Returns what stops it.
+        ``label`` names it while it streams (``background``)."""
+        import asyncio
+        import threading
+
+        main = self._runner.loop()
+        answer = self._send(request, view, session=None)  # (a session is one loop's)
+        reply, asked = _Reply(request), self._ask_next()
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(_answer(answer, view, reply))
+
+        def over() -> None:  # (on the loop that runs the cells)
+            self._background.pop(task, None)
+            self.ledger.add(reply.final)
+            if reply.final.outcome == "complete":
+                self._remember(request, reply.final, asked)
+
+        def stream() -> None:  # (the thread)
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(task)
+            except (FlowGptError, asyncio.CancelledError):
+                pass  # (the view says so; there is no cell to raise it in)
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+                main.call_soon_threadsafe(over)
+
+        def stop() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+
+        thread = threading.Thread(target=stream, name=f"flowgpt-{label}", daemon=True)
+        self._background[task] = (label, thread, stop)
+        thread.start()
+        return stop
+
+    @property
+    def background(self) -> list[str]:
+        """The labels of the answers still streaming in the background."""
+        return [label for label, _, _ in self._background.values()]
+
+    def _ask_next(self) -> int:
+        """When a request is asked, in this chat's count (the conversation's order)."""
+        self._asked += 1
+        return self._asked
+
+    def _remember(self, request: ChatRequest, record: Record, asked: int) -> None:
         if request.records:
             if request.reset:
                 self.conversation.reset()
-            self.conversation.add(record)
+            self.conversation.add(record, asked)
 
-    def _send(self, request: ChatRequest, view: View) -> AsyncResult:
-        """The answer stream: checked now, sent when it is read."""
+    def _send(self, request: ChatRequest, view: View, session: Any = True) -> AsyncResult:
+        """The answer stream: checked now, sent when it is read; on the notebook's pooled
+        session, unless ``session`` is None (the stream's own: another loop's)."""
         delivery = request.delivery
         messages = request.messages(self._context(request))
         params = request.params
@@ -142,7 +199,7 @@ class Chat:
             retries=delivery.retries,
             on_retry=view.retrying,
             on_progress=view.progress,
-            session=self._http_session(),
+            session=self._http_session() if session is True else session,
             **request.options,
         )
 
@@ -213,6 +270,12 @@ class Chat:
         return "\n".join(lines)
 
     def close(self) -> None:
+        """Stop the answers still streaming in the background, then close the session."""
+        background = list(self._background.values())
+        for _, _, stop in background:
+            stop()
+        for _, thread, _ in background:
+            thread.join(timeout=10)
         if self._session is not None and not self._session.closed:
             self._runner.run(self._session.close())
         self._runner.close()
@@ -251,8 +314,11 @@ async def _answer(answer: AsyncResult, view: View, reply: _Reply) -> None:
         error = str(failure)
         raise
     finally:
-        reply.final = reply.record(view.pieces, outcome, error)
-        view.finish(reply.final)
+        record = reply.record(view.pieces, outcome, error)
+        if outcome == "complete" and not record.answer:  # (nothing to keep: it failed)
+            record = record._replace(outcome="failed", error=_why_no_answer(record))
+        reply.final = record
+        view.finish(record)
 
 
 async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:

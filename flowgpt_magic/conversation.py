@@ -6,6 +6,7 @@ cannot leave half an exchange behind; a cell's exchange replaces the one it made
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -22,10 +23,13 @@ ROLES = ("system", "user", "assistant")
 
 
 class Conversation:
-    """The exchanges so far, oldest first."""
+    """The exchanges so far, in the order they were asked."""
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
         self._records = list(records)
+        #: When each was asked, in the chat's count: an answer that took longer (one in
+        #: the background) still goes before those asked after it.
+        self._asked = list(range(len(self._records)))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -36,27 +40,33 @@ class Conversation:
     def __repr__(self) -> str:
         return f"<Conversation of {exchanges(len(self._records))}>"
 
-    def add(self, record: Record) -> None:
-        """Add an exchange; one from a cell that already has one replaces it, in place."""
+    def add(self, record: Record, asked: int | None = None) -> None:
+        """Add an exchange, after those asked before it (``asked``: when, in the chat's
+        count; None: now). One from a cell that already has one replaces it, in place."""
         if record.cell_id is not None:
             for index, earlier in enumerate(self._records):
                 if earlier.cell_id == record.cell_id:
                     self._records[index] = record
                     return
-        self._records.append(record)
+        if asked is None:
+            asked = self._asked[-1] + 1 if self._asked else 0
+        at = bisect.bisect_right(self._asked, asked)
+        self._records.insert(at, record)
+        self._asked.insert(at, asked)
 
     def pop(self) -> bool:
         """Remove the last exchange; False if there is none."""
         if not self._records:
             return False
-        del self._records[-1]
+        del self._records[-1], self._asked[-1]
         return True
 
     def reset(self) -> None:
         self._records.clear()
+        self._asked.clear()
 
     def replace_with(self, other: Conversation) -> None:
-        self._records = list(other)
+        self._records, self._asked = list(other._records), list(other._asked)
 
     def wire_messages(
         self,

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import keyword
 import re
-import shlex
 import sys
 from collections import ChainMap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,13 +15,13 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from .chat import Chat
 from .command import build_request
-from .conversation import Conversation, exchanges
-from .display import code_of, open_columns, open_view
-from .exceptions import AnswerInterrupted, FlowGptError
+from .conversation import Conversation
+from .display import code_of, open_background, open_columns, open_view
 from .prompt import ErrorLog
 from .providers import PROVIDERS, resolve_model
 from .record import FORMATS
 from .settings import FlowGptSettings
+from .tools import _parse, _usage_errors
 
 #: A key typed into a cell: api_key="...", os.environ["..._API_KEY"] = "...", %env, sk-...
 _KEY_LITERAL = re.compile(
@@ -38,29 +35,6 @@ KEY_IN_CELL = (
     "with %flowgpt_key instead (asked for as a password, kept in this kernel only), or "
     "set OPENAI_API_KEY before starting Jupyter."
 )
-
-
-@contextmanager
-def _usage_errors() -> Iterator[None]:
-    """Show our own errors as IPython's one-line UsageError, never as a traceback."""
-    try:
-        yield
-    except AnswerInterrupted:
-        raise  # (shown as its own one-line mark)
-    except FlowGptError as error:
-        raise UsageError(str(error)) from None
-
-
-def _parse(magic: Any, line: str) -> Any:
-    """Parse a magic's options like a shell would, so that -s "two words" loses its quotes.
-
-    (``magic_arguments.parse_argstring`` splits non-POSIX style and keeps the quotes.)
-    """
-    try:
-        argv = shlex.split(line)
-    except ValueError as error:
-        raise UsageError(f"Cannot read the options {line!r}: {error}.") from None
-    return magic.parser.parse_args(argv)
 
 
 @magics_class
@@ -172,6 +146,21 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "FlowGptMagics.answer_format.",
     )
     @argument(
+        "--insert",
+        action="store_true",
+        help="Put the answer's code (its code blocks; with -f code, its code) into a new cell "
+        "below, ready to read and run.",
+    )
+    @argument(
+        "--background",
+        action="store_true",
+        help="Return at once, and let the answer stream in while other cells run (a notebook "
+        "only; its box has a Stop button). Default: FlowGptMagics.background.",
+    )
+    @argument(
+        "--foreground", action="store_true", help="Not in the background, whatever the default."
+    )
+    @argument(
         "--max-cost",
         metavar="USD",
         help="The most this cell may spend, in US dollars: a prompt that would cost more "
@@ -226,6 +215,14 @@ class FlowGptMagics(Magics, FlowGptSettings):
                 print("\n\n".join(self.chat.dry_run(request) for request in requests))
                 return
             answer_format, widget = requests[0].format, self._use_widget()
+            background = (args.background or self.background) and not args.foreground
+            if background and self._checked_background(args, requests, widget):
+                return
+            if self.chat.background:
+                print(
+                    f"(The answer of {', '.join(self.chat.background)} still streams in the "
+                    "background: this cell's context leaves it out.)"
+                )
             if len(requests) == 1:
                 view = open_view(
                     widget, f"Waiting for {requests[0].model}…", answer_format, self.footer
@@ -245,6 +242,39 @@ class FlowGptMagics(Magics, FlowGptSettings):
         self._namespace["_flowgpt"] = value
         if args.output:
             self._namespace[args.output] = value
+        if args.insert:
+            self._insert(records[0].answer, answer_format)
+
+    def _checked_background(self, args: Any, requests: list[Any], widget: bool) -> bool:
+        """Send the cell's one request in the background, if it can be; True once sent."""
+        if not widget:
+            if not args.background:
+                return False  # (the default: a terminal answers in the foreground)
+            raise UsageError(
+                "--background needs a notebook: in terminal IPython nothing can show an "
+                "answer once its cell has ended. Run the cell without it."
+            )
+        if len(requests) > 1 or args.insert:
+            what = "several models" if len(requests) > 1 else "--insert"
+            raise UsageError(
+                f"--background and {what} do not go together: a background answer comes "
+                "after its cell has ended. Run the cell in the foreground (--foreground)."
+            )
+        request = requests[0]
+        box = open_background(request.model, request.format, self.footer)
+        # (While a cell runs, the shell counts the next one already.)
+        label = f"cell [{self.shell.execution_count - 1}]" if self.shell else "a cell"
+        box.stop = self.chat.ask_in_background(request, box.columns[0], label)
+        return True
+
+    def _insert(self, answer: str, answer_format: str) -> None:
+        """The answer's code into a new cell below (or the next prompt, in a terminal)."""
+        code, _ = code_of(answer, whole=answer_format == "code")
+        if not code:
+            print("(The answer has no code block: no cell was added.)")
+            return
+        assert self.shell is not None
+        self.shell.set_next_input(code, replace=False)
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -267,119 +297,3 @@ class FlowGptMagics(Magics, FlowGptSettings):
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
-
-    # -- %flowgpt_usage -----------------------------------------------------------------
-
-    @magic_arguments()
-    @argument("--reset", action="store_true", help="Start counting again.")
-    @line_magic
-    def flowgpt_usage(self, line: str) -> None:
-        """This notebook's requests, tokens in and out, and their cost, by model, and in
-        all (since the extension loaded, or --reset)."""
-        args = _parse(self.flowgpt_usage, line)
-        if args.reset:
-            self.chat.ledger.reset()
-            print("Usage is counted from zero again.")
-            return
-        print(self.chat.ledger.table())
-
-    # -- %flowgpt_key -------------------------------------------------------------------
-
-    @magic_arguments()
-    @argument("provider", nargs="?", default="openai", help="Whose key (default: openai).")
-    @argument("--forget", action="store_true", help="Forget the key entered here.")
-    @line_magic
-    def flowgpt_key(self, line: str) -> None:
-        """Enter a provider's API key without typing it into a cell: it is asked for as a
-        password and kept in this kernel only, never in the notebook, its outputs or the
-        saved history. --forget forgets it (the environment's key is used again)."""
-        args = _parse(self.flowgpt_key, line)
-        keyed = {n: s for n, s in self.provider_settings.items() if s.has_trait("api_key")}
-        settings = keyed.get(args.provider)
-        if settings is None:
-            raise UsageError(
-                f"{args.provider!r} takes no API key; {', '.join(keyed)} does: "
-                f"%flowgpt_key {next(iter(keyed))}."
-            )
-        if args.forget:
-            settings.api_key = None
-            print(f"Forgot the {args.provider} API key entered here.")
-            return
-        import getpass
-
-        from IPython.core.error import StdinNotImplementedError
-
-        try:
-            key = getpass.getpass(f"{args.provider} API key (not shown, not saved): ").strip()
-        except StdinNotImplementedError:
-            raise UsageError(
-                "This frontend cannot ask for a password. Set OPENAI_API_KEY in the "
-                "environment before starting Jupyter instead."
-            ) from None
-        if not key:
-            raise UsageError("No key was entered; nothing changed.")
-        settings.api_key = key
-        print(f"The {args.provider} API key is set for this kernel; it is not saved anywhere.")
-
-    # -- %flowgpt_history --------------------------------------------------------------
-
-    @magic_arguments()
-    @argument("--reset", action="store_true", help="Empty the conversation.")
-    @argument("--save", metavar="PATH", help="Write the conversation to PATH as JSON.")
-    @argument("--load", metavar="PATH", help="Replace the conversation with the one in PATH.")
-    @argument("--pop", action="store_true", help="Remove the last exchange.")
-    @argument("--json", action="store_true", help="Print the conversation as JSON.")
-    @argument(
-        "--from-notebook",
-        nargs="?",
-        const="",
-        metavar="PATH",
-        help="Rebuild the conversation from the answers saved in a notebook (default: this "
-        "one), e.g. after a kernel restart.",
-    )
-    @line_magic
-    def flowgpt_history(self, line: str) -> None:
-        """Show the notebook's conversation (which cell each exchange came from, models and
-        times), or reset, save, load, pop or print it as JSON."""
-        args = _parse(self.flowgpt_history, line)
-        flags = ("reset", "save", "load", "pop", "json", "from_notebook")
-        chosen = [flag for flag in flags if getattr(args, flag) not in (None, False)]
-        if len(chosen) > 1:
-            raise UsageError(
-                "Give one of --reset, --save, --load, --pop, --json and --from-notebook at a "
-                f"time, not {' and '.join('--' + flag.replace('_', '-') for flag in chosen)}."
-            )
-        conversation = self.conversation
-        with _usage_errors():
-            if args.reset:
-                removed = len(conversation)
-                conversation.reset()
-                print(f"The conversation is empty now ({exchanges(removed)} removed).")
-            elif args.save:
-                path = conversation.save(args.save)
-                print(f"Saved {exchanges(len(conversation))} to {path}.")
-            elif args.load:
-                loaded = Conversation.load(args.load)
-                conversation.replace_with(loaded)
-                print(f"Loaded {exchanges(len(conversation))} from {args.load}.")
-            elif args.pop:
-                removed = conversation.pop()
-                left = exchanges(len(conversation))
-                print(
-                    f"Removed the last exchange; {left} left." if removed else "Nothing to remove."
-                )
-            elif args.json:
-                import json
-
-                print(json.dumps(conversation.to_json(), ensure_ascii=False, indent=1))
-            elif args.from_notebook is not None:
-                notebook = args.from_notebook or self._namespace.get("__session__")
-                if not notebook:
-                    raise UsageError(
-                        "This kernel was not told which notebook it runs; give its path: "
-                        "%flowgpt_history --from-notebook PATH."
-                    )
-                conversation.replace_with(Conversation.from_notebook(notebook))
-                print(f"Rebuilt {exchanges(len(conversation))} from {notebook}.")
-            else:
-                print(conversation.transcript())

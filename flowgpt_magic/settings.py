@@ -99,6 +99,11 @@ class FlowGptSettings(Configurable):
         help="Show a line under each answer: model, time to the first piece, total time, "
         "tokens (or pieces), cost and characters.",
     ).tag(config=True)
+    background = Bool(
+        False,
+        help="Answer cells in the background, as with --background (in a notebook; a "
+        "terminal answers in the foreground). A cell's --foreground overrides it.",
+    ).tag(config=True)
     prices = Dict(
         help="What models cost, in US dollars per million tokens in and out: "
         "{'openai:gpt-4o-mini': [0.15, 0.60]}. A cost the server reports (OpenRouter, "

@@ -553,3 +553,50 @@ def test_several_models_answer_side_by_side_and_stay_so(
     ]
     assert all(" · first piece in " in c["text"] for c in final)
     assert len({c["top"] for c in final}) == 1
+
+
+def test_insert_adds_the_code_as_a_new_cell_below(
+    open_notebook: Callable[[list[str]], Notebook],
+) -> None:
+    answer = "Try this:\n\n```python\nprint('from the answer')\n```"
+    # (An empty cell after it, so that Shift+Enter moves on rather than adds a cell.)
+    notebook = open_notebook([f"%%flowgpt --insert\n/echo\n{answer}", ""])
+    cells = notebook.page.locator(".jp-Notebook .jp-Cell")
+    before = cells.count()
+    notebook.run_and_wait(1)
+    wait_until(lambda: cells.count() == before + 1, 10, "a new cell below")
+    new = notebook.cell(2).locator(".jp-InputArea .cm-content").inner_text()
+    assert new == "print('from the answer')"
+    notebook.screenshot("insert.png")
+
+
+def test_a_background_answer_grows_while_another_cell_runs(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.05
+    story = " ".join(f"word{n}" for n in range(120))  # six seconds of it
+    notebook = open_notebook(
+        [
+            f"%%flowgpt --background\n/echo\n{story}",
+            # A cell that keeps the kernel busy (no loop runs while it does):
+            "import time\ntime.sleep(2)\nprint('done')",
+        ]
+    )
+    notebook.run_and_wait(1)  # the cell is done at once; its answer is not
+    first = notebook.output(1)
+    assert "word119" not in first
+    notebook.run(2)
+    wait_until(lambda: "[*]" in notebook.prompt(2), 5, "the second cell to run")
+    grew: list[str] = []
+    while "[*]" in notebook.prompt(2):
+        text = notebook.output(1)
+        if not grew or text != grew[-1]:
+            grew.append(text)
+        time.sleep(0.1)
+    assert len(grew) >= 3, "the background answer did not grow while the other cell ran"
+    notebook.screenshot("background-growing.png")
+    assert notebook.output(2) == "done"
+    wait_until(lambda: "word119" in notebook.output(1), 20, "the background answer to end")
+    wait_until(lambda: "first piece in" in notebook.output(1), 5, "its footer")
+    assert "Stop" not in notebook.output(1)  # the box and its button are gone
+    notebook.screenshot("background-final.png")

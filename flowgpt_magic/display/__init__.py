@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .markdown import MarkdownBlocks, code_of, static_bundle
 from .text import TextView
@@ -13,7 +13,15 @@ if TYPE_CHECKING:
     from ..chat import View
     from ..record import Format
 
-__all__ = ["MarkdownBlocks", "TextView", "code_of", "open_columns", "open_view", "static_bundle"]
+__all__ = [
+    "MarkdownBlocks",
+    "TextView",
+    "code_of",
+    "open_background",
+    "open_columns",
+    "open_view",
+    "static_bundle",
+]
 
 
 def open_columns(
@@ -26,6 +34,16 @@ def open_columns(
     if use_widget:
         return list(ColumnsView(models, answer_format, footer).columns)
     return list(TextColumns(models, footer).columns)
+
+
+def open_background(model: str, answer_format: Format, footer: bool) -> Any:
+    """The view of an answer in the background: a box with a Stop button, on screen now
+    (its cell is about to end), streamed by widget state after. Give it its ``stop``."""
+    from .columns import ColumnsView
+
+    box = ColumnsView([model], answer_format, footer, stop=lambda: None)
+    box.show()
+    return box
 
 
 def open_view(use_widget: bool, waiting: str, answer_format: Format, footer: bool) -> View:

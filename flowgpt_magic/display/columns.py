@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..record import METADATA_KEY, Format, Record
@@ -34,18 +35,34 @@ FLUSH_INTERVAL = 1 / 10
 class ColumnsView:
     """The box of columns; ``columns`` are the views the answers stream into."""
 
-    def __init__(self, models: list[str], answer_format: Format, footer: bool = True) -> None:
+    def __init__(
+        self,
+        models: list[str],
+        answer_format: Format,
+        footer: bool = True,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        """``stop``: a Stop button under the box calls it (an answer in the background,
+        which the kernel's own stop button does not reach)."""
         import ipywidgets
 
         self._widgets = ipywidgets
         self._format = answer_format
         self._footer = footer
         self.columns = [_Column(self, model) for model in models]
+        self.stop = stop
         self._timer: asyncio.TimerHandle | None = None
         self._handle: Any = None
 
     def begin(self) -> None:
-        """Show the box (once), and update its columns on the clock."""
+        """Show the box (if it is not yet), and update its columns on the clock of the loop
+        that streams them (a background answer's own)."""
+        self.show()
+        if self._timer is None:
+            self._schedule()
+
+    def show(self) -> None:
+        """Put the box on screen (in the cell that asks)."""
         if self._handle is not None:
             return
         from IPython.display import display
@@ -67,10 +84,15 @@ class ColumnsView:
             boxes.append(ipywidgets.VBox(parts, layout=self._layouts[0]))
         self._box = ipywidgets.HBox(boxes, layout=self._layouts[1])
         self._parts = [self._box, *boxes, *(w for box in boxes for w in box.children)]
-        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
+        shown = self._box
+        if self.stop is not None:
+            button = ipywidgets.Button(description="Stop", icon="stop", layout=layout)
+            button.on_click(lambda _: self.stop() if self.stop is not None else None)
+            shown = ipywidgets.VBox((self._box, button), layout=layout)
+            self._parts += [shown, button]
+        view = {"version_major": 2, "version_minor": 0, "model_id": shown.model_id}
         plain = "Asking " + ", ".join(column.model for column in self.columns) + "…"
         self._handle = display({WIDGET_VIEW: view, "text/plain": plain}, raw=True, display_id=True)
-        self._schedule()
 
     def _schedule(self) -> None:
         import asyncio
@@ -90,14 +112,19 @@ class ColumnsView:
             self._timer.cancel()
             self._timer = None
         records = [column.record for column in self.columns if column.record is not None]
-        self._handle.update(
-            several_bundle(records, self._format, self._footer),
-            raw=True,
-            metadata={
-                METADATA_KEY: records[0].to_json(),
-                "answers": [r.to_json() for r in records],
-            },
-        )
+        if len(records) == 1:  # (one answer, in the background: saved as any other is)
+            (record,) = records
+            footer = record.footer() if self._footer and record.answer else None
+            notice = record.notice() or record.error or _stopped(record)
+            bundle = static_bundle(
+                record.answer, self._format, footer, reasoning=record.reasoning, notice=notice
+            )
+            metadata: dict[str, Any] = {METADATA_KEY: record.to_json()}
+        else:
+            bundle = several_bundle(records, self._format, self._footer)
+            metadata = {METADATA_KEY: records[0].to_json()}
+            metadata["answers"] = [r.to_json() for r in records]
+        self._handle.update(bundle, raw=True, metadata=metadata)
         for widget in (*self._parts, *self._layouts):
             widget.close()
 
@@ -156,8 +183,8 @@ class _Column:
             lines.append(f"<small><i>{html.escape(record.footer())}</i></small>")
         if (notice := record.notice() or record.error) is not None:
             lines.append(html.escape(f"■ {notice}"))
-        if record.outcome == "interrupted":
-            lines.append("■ Interrupted.")
+        if (stopped := _stopped(record)) is not None:
+            lines.append(html.escape(f"■ {stopped}"))
         if self.answer is not None:
             self.answer.outputs = (_rendered(record.answer, self.box),) if record.answer else ()
             self.status.outputs = (_html("<br>".join(lines)),) if lines else ()
@@ -185,6 +212,15 @@ def several_bundle(records: list[Record], answer_format: Format, footer: bool) -
         plain.append(f"── {record.model} ──\n{bundle['text/plain']}")
     markdown.append("</div>")
     return {"text/markdown": "\n".join(markdown), "text/plain": "\n\n".join(plain)}
+
+
+def _stopped(record: Record) -> str | None:
+    if record.outcome != "interrupted":
+        return None
+    return (
+        f"Stopped after {len(record.answer):,} characters; the partial answer was not added "
+        "to the conversation."
+    )
 
 
 def _line(text: str) -> dict[str, Any]:

@@ -99,9 +99,10 @@ def _closes(line: str, fence: str) -> bool:
     )
 
 
-def code_of(text: str) -> tuple[str, str]:
+def code_of(text: str, whole: bool = True) -> tuple[str, str]:
     """The code in an answer, and its language: the contents of its fenced code blocks
-    (the last may be unfinished), or else the whole answer, taken as Python."""
+    (the last may be unfinished), or else (``whole``) the whole answer, taken as Python,
+    or ("", "python")."""
     language, code, fence = "", [], ""
     for line in text.splitlines():
         if fence:
@@ -114,7 +115,7 @@ def code_of(text: str) -> tuple[str, str]:
             info = line.strip()[len(fence) :].split()
             language = language or (info[0] if info else "")
     if not code and not fence:
-        return text.strip("\n"), "python"
+        return text.strip("\n") if whole else "", "python"
     return "\n".join(code).strip("\n"), language or "python"
 
 
