@@ -1,6 +1,8 @@
-"""A notebook's chat with the models: its conversation, the loop its answers run on and
-their HTTP session; ``ask`` sends a request, streams the answer into a view, and records
-it. No IPython here: the magics parse a cell, call this, and store what comes back.
+"""A notebook's chat with the models: its conversation, what its requests cost, the loop
+its answers run on and their HTTP session. ``ask`` sends a request, streams the answer into
+a view, and records it; ``ask_all`` does so for several models at once, ``ask_in_background``
+from a thread of its own while other cells run. No IPython here: the magics parse a cell,
+call this, and store what comes back.
 """
 
 from __future__ import annotations
