@@ -1,4 +1,6 @@
-"""Several answers side by side: one column each (several models asked at once).
+"""Several answers side by side: one column each (several models asked at once); and one
+answer in a column of its own with a Stop button (an answer in the background, which
+streams after its cell has ended, from another thread, where nothing may be captured).
 
 In Jupyter, one box holds a column a model: its name, its answer, its status line. Answers
 stream into their columns on one clock; no column captures the cell's output (several
