@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,14 +60,34 @@ class Chat:
     """The conversation, the loop and the HTTP session of one notebook (IPython shell)."""
 
     def __init__(self) -> None:
-        self.conversation = Conversation()
-        self.ledger = Ledger()  # what the requests used, by model
+        self._conversation = Conversation()
+        self._ledger = Ledger()  # what the requests used, by model
         self._runner = LoopRunner()
         self._asked = 0  # requests asked so far
         # The answers streaming in the background: their label, thread, and stop.
         self._background: dict[Any, tuple[str, Any, Callable[[], None]]] = {}
+        # Background answers that ended, for the cells' thread to take in (appended by
+        # their threads; a deque's append and popleft are atomic).
+        self._ended: deque[Callable[[], None]] = deque()
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
+
+    @property
+    def conversation(self) -> Conversation:
+        self._settle()
+        return self._conversation
+
+    @property
+    def ledger(self) -> Ledger:
+        self._settle()
+        return self._ledger
+
+    def _settle(self) -> None:
+        """Take in the background answers that have ended. Done on each read, not left to
+        a callback on the cells' loop: once a box shows its answer finished, the very
+        next cell finds it in the conversation."""
+        while self._ended:
+            self._ended.popleft()()
 
     def ask(self, request: ChatRequest, view: View) -> Record:
         """Send ``request``, stream the answer into ``view``, and record it.
@@ -83,7 +104,7 @@ class Chat:
         except KeyboardInterrupt:
             raise AnswerInterrupted(sum(map(len, view.pieces))) from None
         finally:
-            self.ledger.add(reply.final)
+            self._ledger.add(reply.final)
         record = reply.final
         if not record.answer:
             raise RequestFailedError(record.error or _why_no_answer(record))
@@ -111,7 +132,7 @@ class Chat:
             raise AnswerInterrupted(sum(len(p) for view in views for p in view.pieces)) from None
         finally:
             for reply in replies:
-                self.ledger.add(reply.final)
+                self._ledger.add(reply.final)
         records = [reply.final for reply in replies]
         if not any(record.answer for record in records):
             first = results[0]
@@ -136,13 +157,16 @@ class Chat:
         answer = self._send(request, view, session=None)  # (a session is one loop's)
         reply, asked = _Reply(request), self._ask_next()
         loop = asyncio.new_event_loop()
-        task = loop.create_task(_answer(answer, view, reply))
 
-        def over() -> None:  # (on the loop that runs the cells)
+        def over() -> None:  # (on the cells' thread)
             self._background.pop(task, None)
-            self.ledger.add(reply.final)
+            self._ledger.add(reply.final)
             if reply.final.outcome == "complete":
                 self._remember(request, reply.final, asked)
+
+        task = loop.create_task(
+            _answer(answer, view, reply, ended=lambda: self._ended.append(over))
+        )
 
         def stream() -> None:  # (the thread)
             asyncio.set_event_loop(loop)
@@ -153,7 +177,7 @@ class Chat:
             finally:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
-                main.call_soon_threadsafe(over)
+                main.call_soon_threadsafe(self._settle)  # (if no cell reads it first)
 
         def stop() -> None:
             if not loop.is_closed():
@@ -167,6 +191,7 @@ class Chat:
     @property
     def background(self) -> list[str]:
         """The labels of the answers still streaming in the background."""
+        self._settle()
         return [label for label, _, _ in self._background.values()]
 
     def _ask_next(self) -> int:
@@ -177,8 +202,8 @@ class Chat:
     def _remember(self, request: ChatRequest, record: Record, asked: int) -> None:
         if request.records:
             if request.reset:
-                self.conversation.reset()
-            self.conversation.add(record, asked)
+                self._conversation.reset()
+            self._conversation.add(record, asked)
 
     def _send(self, request: ChatRequest, view: View, session: Any = True) -> AsyncResult:
         """The answer stream: checked now, sent when it is read; on the notebook's pooled
@@ -299,9 +324,11 @@ class Chat:
         return self._session
 
 
-async def _answer(answer: AsyncResult, view: View, reply: _Reply) -> None:
+async def _answer(
+    answer: AsyncResult, view: View, reply: _Reply, ended: Callable[[], None] | None = None
+) -> None:
     """Stream one answer into its view; its record, whatever happens, into ``reply.final``
-    and the view's ``finish``."""
+    and the view's ``finish`` (after ``ended``, if given, is called)."""
     import asyncio
 
     outcome: Outcome = "failed"
@@ -320,6 +347,8 @@ async def _answer(answer: AsyncResult, view: View, reply: _Reply) -> None:
         if outcome == "complete" and not record.answer:  # (nothing to keep: it failed)
             record = record._replace(outcome="failed", error=_why_no_answer(record))
         reply.final = record
+        if ended is not None:
+            ended()
         view.finish(record)
 
 
