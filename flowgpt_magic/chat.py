@@ -8,52 +8,22 @@ call this, and store what comes back.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from .attachments import IMAGE_TOKENS
 from .conversation import Conversation
 from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, redact_url
-from .ledger import Ledger, budget_tokens, cost_of, estimate_tokens
+from .ledger import Ledger, budget_tokens, estimate_tokens
 from .loop import LoopRunner
 from .providers import PROVIDERS, resolve_model
-from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
-from .record import Outcome, Record, dollars
+from .record import Record, dollars
+from .reply import Reply, View, show_answer, why_no_answer
 
 if TYPE_CHECKING:
     from .command import ChatRequest, Settings
     from .providers import AsyncResult
-    from .providers.http import RetryNotice
-
-
-class View(Protocol):
-    """Where an answer is shown while it streams (see ``display``)."""
-
-    #: Every text piece so far.
-    pieces: list[str]
-
-    def begin(self) -> None:
-        """The request is going out (called in the loop that runs it)."""
-
-    def extend(self, pieces: list[str]) -> None:
-        """Append pieces (and maybe show them at once, as a terminal does)."""
-
-    def started(self) -> None:
-        """The first piece has been added: show it now, and the rest as it comes."""
-
-    def reasoning(self, text: str) -> None:
-        """Show a piece of the model's reasoning, apart from the answer."""
-
-    def retrying(self, notice: RetryNotice) -> None:
-        """Say that the request failed and is about to be tried again."""
-
-    def progress(self, text: str) -> None:
-        """Say what happens before the request can go out (a local model loading)."""
-
-    def finish(self, record: Record) -> None:
-        """End the live view with the answer's record (its answer maybe partial)."""
 
 
 class Chat:
@@ -98,16 +68,16 @@ class Chat:
         :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
         """
         answer = self._send(request, view)
-        reply, asked = _Reply(request), self._ask_next()
+        reply, asked = Reply(request), self._ask_next()
         try:
-            self._runner.run(_answer(answer, view, reply))
+            self._runner.run(show_answer(answer, view, reply))
         except KeyboardInterrupt:
             raise AnswerInterrupted(sum(map(len, view.pieces))) from None
         finally:
             self._ledger.add(reply.final)
         record = reply.final
         if not record.answer:
-            raise RequestFailedError(record.error or _why_no_answer(record))
+            raise RequestFailedError(record.error or why_no_answer(record))
         self._remember(request, record, asked)
         return record
 
@@ -120,11 +90,11 @@ class Chat:
 
         pairs = list(zip(requests, views, strict=True))
         streams = [self._send(request, view) for request, view in pairs]
-        replies, asked = [_Reply(request) for request in requests], self._ask_next()
+        replies, asked = [Reply(request) for request in requests], self._ask_next()
 
         async def everyone() -> list[Any]:
             answers = zip(streams, views, replies, strict=True)
-            return await asyncio.gather(*(_answer(*a) for a in answers), return_exceptions=True)
+            return await asyncio.gather(*(show_answer(*a) for a in answers), return_exceptions=True)
 
         try:
             results = self._runner.run(everyone())
@@ -138,7 +108,7 @@ class Chat:
             first = results[0]
             if isinstance(first, FlowGptError):
                 raise first
-            raise RequestFailedError(records[0].error or _why_no_answer(records[0]))
+            raise RequestFailedError(records[0].error or why_no_answer(records[0]))
         if records[0].outcome == "complete":
             self._remember(requests[0], records[0], asked)
         return records
@@ -155,7 +125,7 @@ class Chat:
 
         main = self._runner.loop()
         answer = self._send(request, view, session=None)  # (a session is one loop's)
-        reply, asked = _Reply(request), self._ask_next()
+        reply, asked = Reply(request), self._ask_next()
         loop = asyncio.new_event_loop()
 
         def over() -> None:  # (on the cells' thread)
@@ -165,7 +135,7 @@ class Chat:
                 self._remember(request, reply.final, asked)
 
         task = loop.create_task(
-            _answer(answer, view, reply, ended=lambda: self._ended.append(over))
+            show_answer(answer, view, reply, ended=lambda: self._ended.append(over))
         )
 
         def stream() -> None:  # (the thread)
@@ -230,8 +200,15 @@ class Chat:
             **request.options,
         )
 
-    def _context(self, request: ChatRequest) -> list[dict[str, str]]:
+    def _context(self, request: ChatRequest) -> list[dict[str, Any]]:
         return self.conversation.wire_messages(
+            request.context_turns, request.context_chars, excluding_cell=request.cell_id
+        )
+
+    def _records_sent(self, request: ChatRequest) -> list[Record]:
+        if not request.sends_history:
+            return []
+        return self.conversation.sent(
             request.context_turns, request.context_chars, excluding_cell=request.cell_id
         )
 
@@ -252,9 +229,10 @@ class Chat:
             most = budget_tokens(messages, request.price, request.max_cost)
             cost.append(
                 f"cost limit:     {dollars(request.max_cost)}: the prompt is about "
-                f"{estimate_tokens(messages):,} tokens (its characters ÷ 4, and 4 a message); "
-                f"the answer may have up to {most:,}"
+                f"{estimate_tokens(messages):,} tokens (its characters ÷ 4, 4 a message, "
+                f"{IMAGE_TOKENS:,} an image); the answer may have up to {most:,}"
             )
+        images = sum(len(r.images) for r in self._records_sent(request))
         return "\n".join(
             [
                 "Dry run: nothing was sent.",
@@ -268,10 +246,12 @@ class Chat:
                 ),
                 f"system message: {system or own}",
                 *cost,
-                f"context:        {len(history)} messages, "
-                f"{sum(len(m['content']) for m in history):,} characters",
+                f"context:        {len(history)} messages, {_characters(history):,} "
+                f"characters{f', {images} images' if images else ''}",
                 f"prompt ({len(request.prompt):,} characters):",
                 *("    " + line for line in request.prompt.splitlines()),
+                *(["filled in:"] if request.inserted else []),
+                *(f"    {line}" for line in request.inserted),
             ]
         )
 
@@ -324,121 +304,11 @@ class Chat:
         return self._session
 
 
-async def _answer(
-    answer: AsyncResult, view: View, reply: _Reply, ended: Callable[[], None] | None = None
-) -> None:
-    """Stream one answer into its view; its record, whatever happens, into ``reply.final``
-    and the view's ``finish`` (after ``ended``, if given, is called)."""
-    import asyncio
-
-    outcome: Outcome = "failed"
-    error: str | None = None
-    try:
-        await _receive(answer, view, reply)
-        outcome = "complete"
-    except asyncio.CancelledError:
-        outcome = "interrupted"
-        raise
-    except FlowGptError as failure:
-        error = str(failure)
-        raise
-    finally:
-        record = reply.record(view.pieces, outcome, error)
-        if outcome == "complete" and not record.answer:  # (nothing to keep: it failed)
-            record = record._replace(outcome="failed", error=_why_no_answer(record))
-        reply.final = record
-        if ended is not None:
-            ended()
-        view.finish(record)
-
-
-async def _receive(answer: AsyncResult, view: View, reply: _Reply) -> None:
-    extend = view.extend
-    view.begin()
-    async with aclosing(answer):
-        items = answer.batches()  # text a list a read: no step per piece
-        async for item in items:
-            if item.__class__ is list:
-                if reply.first_piece is None:  # (unless reasoning came first)
-                    reply.first_piece = time.monotonic() - reply.started
-                extend(item)
-                view.started()
-                break
-            reply.take(item, view)  # type: ignore[arg-type]
-        # The hot loop: the view shows the pieces on its own clock.
-        async for item in items:
-            if item.__class__ is list:
-                extend(item)
-            else:
-                reply.take(item, view)  # type: ignore[arg-type]
-
-
-def _why_no_answer(record: Record) -> str:
-    if record.reasoning and record.finish_reason == "length":
-        return (
-            'The model spent its whole token limit reasoning (finish reason "length") and '
-            "wrote no answer; nothing was added to the conversation. Raise the limit, e.g. "
-            "-p max_tokens=4096, or ask for less reasoning (-p reasoning_effort=low)."
-        )
-    if record.reasoning:
-        return (
-            "The model reasoned but wrote no answer; nothing was added to the conversation. "
-            "Try again, or another model."
-        )
-    return (
-        "The server ended the answer without any text; nothing was added to the "
-        "conversation. Try again, or another model."
+def _characters(messages: list[dict[str, Any]]) -> int:
+    """The characters of the messages' text (not of their images)."""
+    return sum(
+        len(m["content"])
+        if isinstance(m["content"], str)
+        else sum(len(part.get("text", "")) for part in m["content"])
+        for m in messages
     )
-
-
-class _Reply:
-    """What an answer's events said besides its text, and when it came; its record."""
-
-    def __init__(self, request: ChatRequest) -> None:
-        self.request = request
-        self.final = Record(request.prompt, "", request.model, outcome="failed")
-        self.started = time.monotonic()
-        self.first_piece: float | None = None
-        self.reasoning: list[str] = []
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.served_by: str | None = None
-
-    def take(self, event: Event, view: View) -> None:
-        match event:
-            case Reasoning(text=text):
-                if self.first_piece is None:
-                    self.first_piece = time.monotonic() - self.started
-                self.reasoning.append(text)
-                view.reasoning(text)
-            case Usage():
-                self.usage = event
-            case Finish(reason=reason):
-                self.finish_reason = reason
-            case ServedBy(model=model):
-                self.served_by = model
-
-    def record(self, pieces: list[str], outcome: Outcome, error: str | None = None) -> Record:
-        request = self.request
-        record = Record(
-            prompt=request.prompt,
-            answer="".join(pieces),
-            model=request.model,
-            served_by=self.served_by,
-            temperature=request.temperature,
-            params=dict(request.params) or None,
-            system=request.system,
-            reasoning="".join(self.reasoning),
-            usage=self.usage,
-            finish_reason=self.finish_reason,
-            cell_id=request.cell_id,
-            recorded=request.records,
-            outcome=outcome,
-            format=request.format,
-            time=float(int(time.time())),  # (whole seconds, as it is saved)
-            first_piece_seconds=self.first_piece,
-            total_seconds=time.monotonic() - self.started,
-            pieces=len(pieces),
-            error=error,
-        )
-        return record._replace(cost=cost_of(record, request.price))

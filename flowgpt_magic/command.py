@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from .attachments import Picture, picture_of_file
 from .exceptions import InvalidRequestError
 from .ledger import Price
-from .prompt import expand
+from .prompt import Prompt, expand
 from .providers import ModelRef, ProviderEntry, resolve_model
-from .providers.base import check_temperature
+from .providers.checks import check_temperature
 from .providers.http import Delivery
-from .record import Format
+from .record import Format, prompt_content
 
 
 class Settings(NamedTuple):
@@ -35,6 +36,8 @@ class Settings(NamedTuple):
     #: USD per million tokens in and out, by model id; and the most a cell may spend.
     prices: Mapping[str, Price] = {}
     max_cost: float | None = None
+    #: The most characters a data value's summary in a prompt may have.
+    value_chars: int = 4_000
 
     def options_for(self, entry: ProviderEntry) -> dict[str, Any]:
         """The keyword options ``entry``'s provider is called with (besides delivery)."""
@@ -60,6 +63,9 @@ class ChatRequest(NamedTuple):
     #: The model's price (USD per million tokens in and out), if known; the most it may cost.
     price: Price | None = None
     max_cost: float | None = None
+    #: The prompt's images, and what was put in it (for --dry-run).
+    images: tuple[Picture, ...] = ()
+    inserted: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -79,12 +85,15 @@ class ChatRequest(NamedTuple):
         """Whether a completed answer goes into the conversation."""
         return self.use_history
 
-    def messages(self, history: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-        """What the provider is sent: system message, context (if any), then the prompt."""
-        messages = [{"role": "system", "content": self.system}] if self.system else []
+    def messages(self, history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What the provider is sent: system message, context (if any), then the prompt
+        (with its images)."""
+        messages: list[dict[str, Any]] = []
+        if self.system:
+            messages.append({"role": "system", "content": self.system})
         if self.sends_history:
             messages += history
-        messages.append({"role": "user", "content": self.prompt})
+        messages.append({"role": "user", "content": prompt_content(self.prompt, self.images)})
         return messages
 
 
@@ -102,10 +111,21 @@ def build_request(
     answer_format: Format | None = None,
     cell_id: str | None = None,
     max_cost: str | None = None,
+    image_files: Sequence[str] = (),
+    shown: Mapping[int, Sequence[Picture]] | None = None,
 ) -> ChatRequest:
     """Check a cell's options against the notebook's settings, and fill in the prompt's
-    ``{name}`` forms from ``namespace`` (None: the cell as written)."""
-    prompt = (cell if namespace is None else expand(cell, namespace)).strip()
+    ``{name}`` forms from ``namespace`` (None: the cell as written; ``shown``: the images
+    each cell displayed, for ``{Out[3]}``); ``image_files`` go with it (-i PATH)."""
+    filled = (
+        Prompt(cell)
+        if namespace is None
+        else expand(cell, namespace, shown, value_chars=settings.value_chars)
+    )
+    prompt, images, inserted = filled.text.strip(), list(filled.images), list(filled.inserted)
+    for path in image_files:
+        images.append(picture_of_file(path))
+        inserted.append(f"-i {path}: image {len(images)}, {images[-1].describe()}")
     if not prompt:
         raise InvalidRequestError(
             "The cell has no prompt: write your question in the cell body, below %%flowgpt."
@@ -116,6 +136,13 @@ def build_request(
             "conversation alone, --reset starts a new one with this cell. Choose one."
         )
     ref = resolve_model(model or settings.model)
+    if images and not ref.entry.provider.images:
+        raise InvalidRequestError(
+            f"{ref.id} takes no images ({inserted[0].partition(':')[0]} is one): its "
+            f"protocol ({ref.entry.provider.__name__}) carries text only. Nothing was sent. "
+            "Ask a model that sees images on an OpenAI-compatible server "
+            "(-m openai:gpt-4o-mini, say), or leave the image out."
+        )
     limit = parse_dollars(max_cost) if max_cost is not None else settings.max_cost
     price = settings.prices.get(ref.id)
     if limit is not None and price is None:
@@ -142,6 +169,8 @@ def build_request(
         options=settings.options_for(ref.entry),
         price=price,
         max_cost=limit,
+        images=tuple(images),
+        inserted=tuple(inserted),
     )
 
 

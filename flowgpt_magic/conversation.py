@@ -13,10 +13,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .attachments import IMAGE_TOKENS
 from .exceptions import HistoryFileError
 from .record import Record, iso_time, record_in
 
 FILE_FORMAT = "flowgpt-magic.conversation"
+#: What an image counts for in a cap on the context's characters: its tokens, four each.
+IMAGE_CHARS = 4 * IMAGE_TOKENS
 #: Version 2 holds whole records; version 1 (and a bare list) held messages.
 FILE_VERSION = 2
 ROLES = ("system", "user", "assistant")
@@ -73,19 +76,29 @@ class Conversation:
         max_turns: int | None = None,
         max_chars: int | None = None,
         excluding_cell: str | None = None,
-    ) -> list[dict[str, str]]:
+    ) -> list[dict[str, Any]]:
         """The messages to send as context: all, or the most recent that fit the limits.
 
         Limits drop whole exchanges, oldest first: at most ``max_turns`` exchanges, and at
         most ``max_chars`` characters of content. A cell run again does not send its own
         earlier exchange (``excluding_cell``). The conversation itself keeps everything.
         """
+        records = self.sent(max_turns, max_chars, excluding_cell)
+        return [message for record in records for message in record.wire_messages()]
+
+    def sent(
+        self,
+        max_turns: int | None = None,
+        max_chars: int | None = None,
+        excluding_cell: str | None = None,
+    ) -> list[Record]:
+        """The exchanges ``wire_messages`` sends (see there)."""
         records = self._records
         if excluding_cell is not None:
             records = [r for r in records if r.cell_id != excluding_cell]
         if max_turns is not None or max_chars is not None:
             records = _most_recent(records, max_turns, max_chars)
-        return [message for record in records for message in record.wire_messages()]
+        return records
 
     def transcript(self) -> str:
         """A readable rendering: who said what, in order, from which cell, when."""
@@ -103,11 +116,13 @@ class Conversation:
 
     # -- files -------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, inline_images: bool = True) -> dict[str, Any]:
+        """The conversation as a file holds it: with its images (unless not
+        ``inline_images``: then those a notebook output holds are referred to)."""
         return {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
-            "exchanges": [record.to_json() for record in self._records],
+            "exchanges": [record.to_json(inline_images) for record in self._records],
         }
 
     @classmethod
@@ -194,14 +209,50 @@ class Conversation:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise HistoryFileError(f"Could not read the notebook {source}: {error}.") from None
         conversation = cls()
+        outputs = [
+            output
+            for cell in cells
+            if isinstance(cell, dict)
+            for output in cell.get("outputs", [])
+            if isinstance(output, dict)
+        ]
+        shown = _images_in(outputs)
         for cell in cells:
             for output in cell.get("outputs", []) if isinstance(cell, dict) else []:
                 record = record_in(output)
                 if record is not None and record.in_conversation:
                     # A record saved without its cell's id (nbclient sends none) takes the
-                    # id of the cell it is saved in.
-                    conversation.add(record._replace(cell_id=record.cell_id or cell.get("id")))
+                    # id of the cell it is saved in. Its images saved by reference are
+                    # found again in the outputs that hold them.
+                    images = tuple(
+                        i._replace(data=shown.get(i.sha1, b"")) if i.missing else i
+                        for i in record.images
+                    )
+                    cell_id = record.cell_id or cell.get("id")
+                    conversation.add(record._replace(cell_id=cell_id, images=images))
         return conversation
+
+
+def _images_in(outputs: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The images the outputs hold, by their SHA-1."""
+    import base64
+
+    from .attachments import sha1
+
+    found = {}
+    for output in outputs:
+        bundle = output.get("data")
+        for mime in ("image/png", "image/jpeg", "image/gif"):
+            text = bundle.get(mime) if isinstance(bundle, dict) else None
+            if isinstance(text, list):  # (nbformat may split a string into lines)
+                text = "".join(text)
+            if isinstance(text, str):
+                try:
+                    data = base64.b64decode(text)
+                except ValueError:
+                    continue
+                found[sha1(data)] = data
+    return found
 
 
 def _most_recent(
@@ -210,7 +261,8 @@ def _most_recent(
     kept: list[Record] = []
     chars = 0
     for record in reversed(records):
-        size = len(record.prompt) + len(record.answer)
+        # (An image counts as the characters of its tokens: see attachments.IMAGE_TOKENS.)
+        size = len(record.prompt) + len(record.answer) + len(record.images) * IMAGE_CHARS
         if (max_turns is not None and len(kept) >= max_turns) or (
             max_chars is not None and chars + size > max_chars
         ):

@@ -3,6 +3,8 @@ they cost; and the sums. No UI here: ``%flowgpt_usage`` prints ``table()``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .record import Record, dollars
 
 
@@ -110,15 +112,26 @@ def cost_of(record: Record, price: Price | None) -> float | None:
     return ((usage.input_tokens or 0) * price[0] + usage.output_tokens * price[1]) / 1e6
 
 
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     """About how many tokens ``messages`` are: a token is about four characters of English,
-    and each message costs a few more (OpenAI counts 3 or 4)."""
-    return sum(-(-len(message["content"]) // 4) + 4 for message in messages)
+    each message costs a few more (OpenAI counts 3 or 4), and an image ``IMAGE_TOKENS``."""
+    from .attachments import IMAGE_TOKENS
+
+    total = 0
+    for message in messages:
+        content = message["content"]
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        for part in parts:
+            text = part.get("text", "")
+            total += -(-len(text) // 4) if part["type"] == "text" else IMAGE_TOKENS
+        total += 4
+    return total
 
 
-def budget_tokens(messages: list[dict[str, str]], price: Price, max_cost: float) -> int:
+def budget_tokens(messages: list[dict[str, Any]], price: Price, max_cost: float) -> int:
     """The most tokens an answer may have for the prompt and the answer to cost at most
     ``max_cost``; an error (nothing is sent) if the prompt alone would cost more."""
+    from .attachments import IMAGE_TOKENS
     from .exceptions import InvalidRequestError
 
     prompt = estimate_tokens(messages)
@@ -126,9 +139,10 @@ def budget_tokens(messages: list[dict[str, str]], price: Price, max_cost: float)
     if prompt_cost > max_cost:
         raise InvalidRequestError(
             f"The prompt alone would cost about {dollars(prompt_cost)}, more than the "
-            f"{dollars(max_cost)} allowed: about {prompt:,} tokens (its characters ÷ 4, and "
-            f"4 a message) at ${price[0]:g} a million. Nothing was sent. Raise --max-cost, or "
-            "send less context (--no-history, FlowGptMagics.history_turns)."
+            f"{dollars(max_cost)} allowed: about {prompt:,} tokens (its characters ÷ 4, 4 a "
+            f"message, {IMAGE_TOKENS:,} an image) at ${price[0]:g} a million. Nothing was "
+            "sent. Raise --max-cost, or send less context (--no-history, "
+            "FlowGptMagics.history_turns)."
         )
     if price[1] <= 0:
         return 2**31  # (an answer that costs nothing: no limit)

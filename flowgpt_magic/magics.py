@@ -3,6 +3,7 @@ the answer is kept in variables. Everything else is the chat's (``chat.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
 import sys
@@ -17,7 +18,7 @@ from .chat import Chat
 from .command import build_request
 from .conversation import Conversation
 from .display import code_of, open_background, open_columns, open_view
-from .prompt import ErrorLog
+from .prompt import ErrorLog, ShownImages
 from .providers import PROVIDERS, resolve_model
 from .record import FORMATS
 from .settings import FlowGptSettings
@@ -49,6 +50,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         super().__init__(shell=shell, **kwargs)
         self.chat = Chat()
         self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
+        self.shown = ShownImages()  # for the images of {Out[3]}
         self._cell_id: str | None = None  # the running cell's id, when the frontend says
         # Each provider's own settings, configurable like ours: %config OpenAI.base_url = ...
         self.provider_settings: dict[str, Any] = {
@@ -61,11 +63,24 @@ class FlowGptMagics(Magics, FlowGptSettings):
             # IPython's events, not its exception hook: that stays the user's (or IPython's).
             shell.events.register("post_run_cell", self._remember_error)
             shell.events.register("pre_run_cell", self._note_cell)
+            # What cells display goes to the frontend as messages; ipykernel lets us see
+            # them (a terminal shows no images inline: nothing to see there).
+            if hasattr(shell.display_pub, "register_hook"):
+                shell.display_pub.register_hook(self._note_display)
 
     def _note_cell(self, info: Any) -> None:
         self._cell_id = getattr(info, "cell_id", None)
         if _KEY_LITERAL.search(getattr(info, "raw_cell", "") or ""):
             print(KEY_IN_CELL, file=sys.stderr)
+
+    def _note_display(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Keep the image a cell displays (an inline plot); pass the message on as it is."""
+        if message.get("msg_type") == "display_data" and self.shell is not None:
+            # (The cell that runs: its plots are shown as it ends, and count as its own.)
+            # Nothing here may break what the notebook displays.
+            with contextlib.suppress(Exception):
+                self.shown.record(self.shell.execution_count - 1, message["content"]["data"])
+        return message
 
     def _remember_error(self, result: Any) -> None:
         error = result.error_in_exec or result.error_before_exec
@@ -83,6 +98,8 @@ class FlowGptMagics(Magics, FlowGptSettings):
         if self.shell is not None:
             self.shell.events.unregister("post_run_cell", self._remember_error)
             self.shell.events.unregister("pre_run_cell", self._note_cell)
+            if hasattr(self.shell.display_pub, "unregister_hook"):
+                self.shell.display_pub.unregister_hook(self._note_display)
         self.chat.close()
         for settings in self.provider_settings.values():
             if hasattr(settings, "close"):
@@ -110,6 +127,14 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "-t", "--temperature", metavar="T", help="Temperature from 0 to 2, for this cell only."
     )
     @argument("-s", "--system", metavar="TEXT", help="System message, for this cell only.")
+    @argument(
+        "-i",
+        "--image",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="Send an image file (PNG, JPEG, GIF) with the prompt. Repeatable.",
+    )
     @argument(
         "-p",
         "--param",
@@ -181,7 +206,9 @@ class FlowGptMagics(Magics, FlowGptSettings):
         conversation as context. A failed or interrupted answer is not recorded. In the
         prompt, {name}, {name.attr}, {In[3]}, {Out[3]}, {Err} (the last error, with its
         traceback) and {Err[3]} are filled in; other braces stay as written, and {{name}}
-        is the literal text {name}. The last answer is in _flowgpt. See %flowgpt_model and
+        is the literal text {name}. An image ({fig}, a PIL image, the plot cell 3 showed
+        in {Out[3]}, or -i PATH) goes with the prompt as an image; a DataFrame, an array
+        or a long value as a compact summary. The last answer is in _flowgpt. See %flowgpt_model and
         %flowgpt_history.
         """
         args = _parse(self.flowgpt, line)
@@ -208,6 +235,8 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     answer_format=args.format,
                     cell_id=self._cell_id,
                     max_cost=args.max_cost,
+                    image_files=args.image,
+                    shown=self.shown,
                 )
                 for model in dict.fromkeys(args.model or [None])  # (each model once)
             ]

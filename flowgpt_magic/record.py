@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
+from .attachments import Picture
 from .providers.events import Usage
 
 #: The key under which an answer's output carries its record.
@@ -63,16 +64,19 @@ class Record(NamedTuple):
     first_piece_seconds: float | None = None
     total_seconds: float | None = None
     pieces: int = 0
+    #: The images the prompt carried (labelled ``[image 1]``... in its text).
+    images: tuple[Picture, ...] = ()
 
     @property
     def in_conversation(self) -> bool:
         """Whether this exchange belongs in the conversation: complete, and recorded."""
         return self.outcome == "complete" and self.recorded
 
-    def wire_messages(self) -> list[dict[str, str]]:
-        """The exchange as context: the prompt and the answer (never the reasoning)."""
+    def wire_messages(self) -> list[dict[str, Any]]:
+        """The exchange as context: the prompt (with its images) and the answer (never the
+        reasoning)."""
         return [
-            {"role": "user", "content": self.prompt},
+            {"role": "user", "content": prompt_content(self.prompt, self.images)},
             {"role": "assistant", "content": self.answer},
         ]
 
@@ -117,11 +121,14 @@ class Record(NamedTuple):
             return 'Cut short by the server\'s content filter (finish reason "content_filter").'
         return None
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as JSON: what an output's metadata and a saved conversation hold."""
+    def to_json(self, inline_images: bool = False) -> dict[str, Any]:
+        """The record as JSON: what an output's metadata and a saved conversation hold.
+        An image a notebook output holds is referred to, not copied (unless
+        ``inline_images``: a conversation file holds them all)."""
         data: dict[str, Any] = {"version": VERSION, **self._asdict()}
         data["usage"] = None if self.usage is None else self.usage._asdict()
         data["time"] = None if self.time is None else iso_time(self.time)
+        data["images"] = [image.to_json(inline_images) for image in self.images]
         return data
 
     @classmethod
@@ -155,6 +162,8 @@ class Record(NamedTuple):
                 raise ValueError("has a 'time' that is not an ISO 8601 time") from None
         if "usage" in fields:
             fields["usage"] = _usage(fields["usage"])
+        if "images" in fields:
+            fields["images"] = tuple(map(Picture.from_json, fields["images"]))
         return cls(**fields)
 
 
@@ -182,6 +191,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "first_piece_seconds": _NUMBER,
     "total_seconds": _NUMBER,
     "pieces": int,
+    "images": list,
 }
 
 
@@ -196,6 +206,14 @@ def _usage(data: dict[str, Any]) -> Usage:
         number("reasoning_tokens", int),
         number("cost", _NUMBER),
     )
+
+
+def prompt_content(text: str, images: tuple[Picture, ...]) -> str | list[dict[str, Any]]:
+    """A user message's content: the text, or (with images) the text part and an image
+    part for each, as the official ``openai`` client sends them. An image saved by
+    reference and not found again is left out (its label stays in the text)."""
+    parts = [image.part() for image in images if not image.missing]
+    return [{"type": "text", "text": text}, *parts] if parts else text
 
 
 def dollars(amount: float) -> str:

@@ -13,7 +13,7 @@ from traitlets.config import Configurable
 from .command import Settings
 from .exceptions import FlowGptError, SecretURL
 from .providers import PROVIDERS, FlowGpt, resolve_model
-from .providers.base import check_temperature
+from .providers.checks import check_temperature
 from .providers.http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery
 from .record import FORMATS
 
@@ -116,6 +116,13 @@ class FlowGptSettings(Configurable):
         "overrides it. A prompt that would cost more alone is not sent; else the answer's "
         "max_tokens is what the rest pays for. Needs the model's price (prices).",
     ).tag(config=True)
+    value_chars = Int(
+        4_000,
+        min=100,
+        help="The most characters of a data value put in a prompt ({df}, {array}, a long "
+        "list or string): a DataFrame, Series or array goes as a summary (shape, dtypes, "
+        "first and last rows), a longer value is cut there and says so.",
+    ).tag(config=True)
 
     @validate("prices")
     def _check_prices(self, proposal: Any) -> dict[str, tuple[float, float]]:
@@ -185,6 +192,7 @@ class FlowGptSettings(Configurable):
             },
             prices=self.prices,
             max_cost=self.max_cost,
+            value_chars=self.value_chars,
         )
 
     def request_options(self) -> dict[str, Any]:

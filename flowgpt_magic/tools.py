@@ -155,7 +155,7 @@ class ToolMagics(Magics):
             elif args.json:
                 import json
 
-                print(json.dumps(conversation.to_json(), ensure_ascii=False, indent=1))
+                print(json.dumps(conversation.to_json(False), ensure_ascii=False, indent=1))
             elif args.from_notebook is not None:
                 notebook = args.from_notebook or self.main._namespace.get("__session__")
                 if not notebook:
@@ -165,5 +165,12 @@ class ToolMagics(Magics):
                     )
                 conversation.replace_with(Conversation.from_notebook(notebook))
                 print(f"Rebuilt {exchanges(len(conversation))} from {notebook}.")
+                lost = [i for record in conversation for i in record.images if i.missing]
+                if lost:
+                    print(
+                        f"({len(lost)} of their images, from {', '.join(i.source for i in lost)}"
+                        ", are no longer in the notebook's outputs: those exchanges go on "
+                        "without them.)"
+                    )
             else:
                 print(conversation.transcript())

@@ -600,3 +600,26 @@ def test_a_background_answer_grows_while_another_cell_runs(
     wait_until(lambda: "first piece in" in notebook.output(1), 5, "its footer")
     assert "Stop" not in notebook.output(1)  # the box and its button are gone
     notebook.screenshot("background-final.png")
+
+
+def test_an_answer_about_the_plot_a_cell_showed(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9, 16])",  # [3]
+            "%%flowgpt -m openai:gpt-4o-mini\nWhat does this plot show? {Out[3]}",
+        ]
+    )
+    for index in (1, 2, 3):
+        notebook.run_and_wait(index)
+    assert notebook.cell(2).locator(".jp-OutputArea-output img").count() == 1
+    wait_until(lambda: "Images: 1 (PNG " in notebook.output(3), 10, "the answer")
+    answer = notebook.output(3)
+    assert "You asked: «What does this plot show? [image 1]»" in answer
+    assert "openai:gpt-4o-mini · first piece in " in answer
+    sent = flowgpt_server.state.requests[-1].body["messages"][-1]["content"]
+    assert [part["type"] for part in sent] == ["text", "image_url"]
+    notebook.screenshot("plot-answer.png")

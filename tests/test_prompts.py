@@ -53,7 +53,10 @@ def test_the_last_error_and_a_cell_s_error_come_with_their_tracebacks(
 
 def test_other_braces_stay_as_written() -> None:
     pasted = 'json {"a": {"b": 1}}, f"{x + 1}", set() or {}, {1: 2}, {{literal}}'
-    assert expand(pasted, {}) == 'json {"a": {"b": 1}}, f"{x + 1}", set() or {}, {1: 2}, {literal}'
+    assert (
+        expand(pasted, {}).text
+        == 'json {"a": {"b": 1}}, f"{x + 1}", set() or {}, {1: 2}, {literal}'
+    )
 
 
 def test_an_unknown_name_is_a_clear_error_and_nothing_is_sent(

@@ -12,12 +12,14 @@ import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
+import flowgpt_magic
 from flowgpt_magic import (
     ConfigurationError,
     ConnectionFailedError,
@@ -445,6 +447,15 @@ def test_providers_the_conversation_and_the_chat_import_nothing_of_ipython_or_th
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # aiohttp too: it is imported on the first request, not when the extension loads.
     assert out.stdout.strip() == "[]"
+
+
+def test_no_module_is_over_400_lines() -> None:
+    package = Path(flowgpt_magic.__file__).parent
+    sizes = {
+        str(path.relative_to(package)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in package.rglob("*.py")
+    }
+    assert len(sizes) > 20 and {name: n for name, n in sizes.items() if n > 400} == {}
 
 
 def test_lines_are_the_same_for_every_split_of_the_bytes() -> None:

@@ -5,6 +5,7 @@ fixtures are in conftest.py; how they are installed and started, in real_servers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
 import time
@@ -325,3 +326,20 @@ async def test_the_events_of_a_real_answer_come_in_order(llama: RunningServer) -
     kinds = [type(event).__name__ for event in events]
     assert kinds[0] == ServedBy.__name__ and kinds[-2:] == [Finish.__name__, Usage.__name__]
     assert set(kinds[1:-2]) == {"str"}
+
+
+def test_a_text_only_model_refuses_an_image_in_one_line_and_is_not_asked_again(
+    shell: InteractiveShell, pointed_at: Any, llama: RunningServer, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    magics = pointed_at(llama)
+    screen = io.StringIO()
+    with contextlib.redirect_stdout(screen):
+        error = cell(shell, f"-m openai:SmolLM2 -i {tmp_path / 'red.png'}", "What colour is it?")
+    assert isinstance(error, UsageError) and "\n" not in str(error)
+    assert "answered 500" in str(error) and "image input is not supported" in str(error)
+    assert "This model takes no images: ask one that sees them" in str(error)
+    assert "trying again" not in screen.getvalue()  # (a refusal: not retried)
+    assert len(magics.conversation) == 0

@@ -10,8 +10,8 @@ from .markdown import MarkdownBlocks, code_of, static_bundle
 from .text import TextView
 
 if TYPE_CHECKING:
-    from ..chat import View
     from ..record import Format
+    from ..reply import View
 
 __all__ = [
     "MarkdownBlocks",

@@ -12,13 +12,11 @@ No IPython here; aiohttp is imported on first use, so loading the extension stay
 from __future__ import annotations
 
 import functools
-import json
-import math
-import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ..exceptions import FlowGptError, InvalidRequestError, ModelNotFoundError
+from .checks import Messages, check_params, check_temperature, checked_messages
 from .errors import request_failures, translate_error
 from .events import Event, Reasoning
 from .http import (
@@ -38,8 +36,6 @@ from .lines import LineBuffer
 if TYPE_CHECKING:
     import aiohttp
 
-Message = Mapping[str, str]
-Messages = Sequence[Message]
 #: How an answer is read: text pieces, every event, or text pieces a list a read.
 Mode = Literal["text", "events", "batches"]
 
@@ -80,6 +76,8 @@ class Provider:
     model_aliases: ClassVar[dict[str, str]] = {}
     #: The roles a message may have.
     roles: ClassVar[tuple[str, ...]] = ("system", "user", "assistant")
+    #: Whether a message's content may hold images (OpenAI's content parts).
+    images: ClassVar[bool] = False
     #: Keyword arguments of this protocol's own (its endpoint, a key), beside the common ones.
     options: ClassVar[tuple[str, ...]] = ()
     #: How a user changes the endpoint, and what to do about an HTTP status: for errors.
@@ -126,7 +124,7 @@ class Provider:
         checked = None if temperature is None else check_temperature(temperature)
         request = cls.prepare(
             cls.get_model(model),
-            checked_messages(messages, cls.roles),
+            checked_messages(messages, cls.roles, cls.images and cls.__name__),
             checked,
             check_params(params or {}),
             **options,
@@ -266,64 +264,6 @@ class AsyncResult:
 
 
 # -- checks -------------------------------------------------------------------------------
-
-
-def check_temperature(value: object) -> float:
-    """Return ``value`` as a float if it is a number in [0, 2]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"Temperature must be a number from 0 to 2, not {value!r}.")
-    if not (math.isfinite(value) and 0 <= value <= 2):
-        raise InvalidRequestError(f"Temperature must be a number from 0 to 2, not {value!r}.")
-    return float(value)
-
-
-def checked_messages(messages: Messages, roles: Sequence[str]) -> Sequence[Message]:
-    """``messages``, if each is a dict with one of ``roles`` and string content."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-        raise InvalidRequestError(
-            "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
-            f"not {type(messages).__name__}."
-        )
-    for index, message in enumerate(messages):
-        if not (
-            isinstance(message, Mapping)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
-        ):
-            raise InvalidRequestError(
-                f"messages[{index}] must be a dict with string 'role' and 'content', "
-                f"not {message!r:.80}."
-            )
-        if message["role"] not in roles:
-            raise InvalidRequestError(
-                f"messages[{index}] has the role {message['role']!r}; the roles are "
-                f"{', '.join(roles)}."
-            )
-    return messages
-
-
-#: What a parameter's name may look like (OpenAI's all do: max_tokens, top_p...).
-_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``params``, if each name looks like a parameter's and each value is JSON."""
-    if not isinstance(params, Mapping):
-        raise InvalidRequestError(f"params must be a dict, not {type(params).__name__}.")
-    for name, value in params.items():
-        if not (isinstance(name, str) and _PARAMETER_NAME.fullmatch(name)):
-            raise InvalidRequestError(f"{name!r} is not a parameter name (like max_tokens).")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            raise InvalidRequestError(
-                f"The parameter {name} must be a JSON value (a number, a string, a list...), "
-                f"not {type(value).__name__}."
-            ) from None
-    return params
-
-
-# -- streaming ----------------------------------------------------------------------------
 
 
 async def _stream(

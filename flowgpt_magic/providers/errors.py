@@ -147,6 +147,8 @@ async def status_error(
     refused = status in (400, 500) and bool(_REFUSED_KEY.search(excerpt))
     if refused:
         what_to_do = advice.get(401, what_to_do)
+    elif status in (400, 500) and _REFUSED_IMAGE.search(excerpt):  # (llama.cpp: a 500)
+        refused, what_to_do = True, NO_IMAGES
     detail = f": {excerpt.rstrip('.')}" if excerpt else ""
     return HTTPStatusError(
         f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
@@ -163,6 +165,15 @@ _REFUSED_KEY = re.compile(
     r"api[ _-]?key|access token|bearer|\bauth(entication|orization|orized)?\b|credential"
     r"|unauthori[sz]ed|virtual key|no connected db",
     re.IGNORECASE,
+)
+
+
+#: What a server says when the model takes no images; what to do then.
+_REFUSED_IMAGE = re.compile(r"image|multimodal|mmproj|vision", re.IGNORECASE)
+NO_IMAGES = (
+    "This model takes no images: ask one that sees them (a vision model; llama.cpp needs "
+    "its --mmproj file too), or leave the images out (--no-history, if they are in the "
+    "conversation)."
 )
 
 

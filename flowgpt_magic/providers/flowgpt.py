@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..exceptions import FlowGptError, InvalidRequestError, ResponseFormatError
-from .base import Messages, Provider
+from .base import Provider
+from .checks import Messages
 from .events import Event
 from .http import HttpRequest, resolve_endpoint
 from .lines import PartialBlockError, decode_json_lines

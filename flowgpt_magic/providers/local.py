@@ -16,7 +16,8 @@ from traitlets.config import Configurable
 
 from ..exceptions import ConfigurationError, InvalidRequestError
 from ..llama import MODEL_ENV, LlamaServer
-from .base import Messages, Provider
+from .base import Provider
+from .checks import Messages
 from .http import HttpRequest
 from .openai import OpenAICompatible, SseParser, chat_body
 
@@ -75,6 +76,7 @@ class LocalLlama(Provider):
     default_model = ""
     models: ClassVar[list[str]] = [""]
     roles = OpenAICompatible.roles
+    images = True
     options = ("server",)
     endpoint_hint = "Local.model_path"
     status_advice: ClassVar[dict[int, str]] = {

@@ -28,7 +28,8 @@ from ..exceptions import (
     Secret,
     SecretURL,
 )
-from .base import Messages, Provider
+from .base import Provider
+from .checks import Messages
 from .events import Event, Finish, Reasoning, ServedBy, Usage
 from .http import HttpRequest, get_json, resolve_endpoint
 from .lines import decode_json_line
@@ -75,6 +76,7 @@ class OpenAICompatible(Provider):
     #: Shown when the server's own list (GET /models) cannot be had.
     models: ClassVar[list[str]] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "o4-mini"]
     roles = ("system", "developer", "user", "assistant")
+    images = True
     options = ("base_url", "api_key")
     endpoint_hint = _ENDPOINT_HINT
     status_advice: ClassVar[dict[int, str]] = {

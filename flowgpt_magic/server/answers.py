@@ -15,10 +15,34 @@ ECHO = "/echo"
 THINK = "/think"
 
 
+def text_of(content: str | list[dict[str, Any]]) -> str:
+    """A message's text: its content, or its text parts (OpenAI's, beside images)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part["text"] for part in content if part["type"] == "text")
+
+
+def images_of(content: str | list[dict[str, Any]]) -> list[str]:
+    """What each image of a message is (``PNG 640x480, 23 kB``); a checked body's."""
+    import base64
+
+    from ..attachments import picture_of_bytes
+
+    if isinstance(content, str):
+        return []
+    urls = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
+    return [
+        picture_of_bytes(base64.b64decode(url.partition(",")[2]), "", scale=False).kind()
+        if url.startswith("data:")
+        else f"an image at {url}"
+        for url in urls
+    ]
+
+
 def reasoning_pieces(body: Mapping[str, Any]) -> list[str]:
     """The reasoning an OpenAI-dialect request gets before its answer: none, unless its
     prompt starts with /think."""
-    question = body["messages"][-1]["content"]
+    question = text_of(body["messages"][-1]["content"])
     if not question.startswith(THINK + "\n"):
         return []
     about = _excerpt(question[len(THINK) + 1 :], 60)
@@ -30,11 +54,14 @@ def reasoning_pieces(body: Mapping[str, Any]) -> list[str]:
 
 def offline_answer(body: Mapping[str, Any]) -> str:
     """The deterministic answer to a valid request body, FlowGPT's or OpenAI's."""
+    images: list[str] = []
     if "messages" in body:  # OpenAI's: the messages as they are
         messages = body["messages"]
-        question = messages[-1]["content"]
+        question, images = text_of(messages[-1]["content"]), images_of(messages[-1]["content"])
         context = sum(1 for m in messages[:-1] if m["role"] not in ("system", "developer"))
-        system = "\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+        system = "\n".join(
+            text_of(m["content"]) for m in messages if m["role"] in ("system", "developer")
+        )
         temperature = body.get("temperature")
     else:  # FlowGPT's: folded, with a greeting that is not context
         question, system, temperature = body["question"], body["system"], body["temperature"]
@@ -47,8 +74,10 @@ def offline_answer(body: Mapping[str, Any]) -> str:
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
         f"{heat}.] You asked: «{_excerpt(question)}». "
         f"Context: {context} earlier message{'s' if context != 1 else ''}; system message: "
-        f"«{_excerpt(system or '(none)')}». No model runs here: this text streams word by word "
-        "so that you can try flowgpt-magic without a network."
+        f"«{_excerpt(system or '(none)')}». "
+        + (f"Images: {len(images)} ({'; '.join(images)}). " if images else "")
+        + "No model runs here: this text streams word by word so that you can try "
+        "flowgpt-magic without a network."
     )
 
 

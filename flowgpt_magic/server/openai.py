@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .answers import answer_pieces, reasoning_pieces
+from ..attachments import IMAGE_TOKENS, picture_kind
+from .answers import answer_pieces, images_of, reasoning_pieces, text_of
 from .faults import choose_fault, early_fault, stream_answer
 from .state import STATE, ReceivedRequest
 
@@ -78,7 +79,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         thinking, pieces = thinking[:limit], pieces[: max(0, limit - len(thinking))]
         finish = "length"
     usage = {
-        "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+        "prompt_tokens": sum(
+            len(text_of(m["content"]).split()) + IMAGE_TOKENS * len(images_of(m["content"]))
+            for m in body["messages"]
+        ),
         "completion_tokens": len(thinking) + len(pieces),
     }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -127,6 +131,37 @@ def _completion(
 _OPENAI_ROLES = ("system", "developer", "user", "assistant")
 
 
+def _parts_problems(parts: list[Any], index: int) -> list[str]:
+    """What is wrong with a message's content parts, as OpenAI would refuse them: text
+    parts, and image parts whose URL is an image's ``data:`` URL (or a web address)."""
+    import base64
+    import binascii
+
+    for number, part in enumerate(parts):
+        where = f"messages[{index}].content[{number}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        if kind != "image_url":
+            return [f"{where} must be a text or image_url part"]
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else None
+        if not isinstance(url, str):
+            return [f"{where}.image_url must be an object with a string url"]
+        if url.startswith(("https://", "http://")):
+            continue
+        head, comma, data = url.partition(",")
+        if not (head.startswith("data:image/") and head.endswith(";base64") and comma):
+            return [f"{where}: invalid image URL (a data:image/...;base64, URL or a web one)"]
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            decoded = b""
+        if picture_kind(decoded) is None:
+            return [f"{where}: the image's data is not a PNG, JPEG or GIF in base64"]
+    return []
+
+
 def openai_body_problems(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return ["the body must be a JSON object"]
@@ -141,10 +176,12 @@ def openai_body_problems(body: Any) -> list[str]:
             if not (
                 isinstance(message, dict)
                 and message.get("role") in _OPENAI_ROLES
-                and isinstance(message.get("content"), str)
+                and isinstance(message.get("content"), (str, list))
             ):
                 problems.append(f"messages[{index}] must have a role and string content")
                 break
+            if isinstance(message["content"], list):
+                problems += _parts_problems(message["content"], index)
     temperature = body.get("temperature", 1)
     if isinstance(temperature, bool) or not (
         isinstance(temperature, (int, float)) and 0 <= temperature <= 2

@@ -1,0 +1,170 @@
+"""One answer as it streams: its events shown in a view, and the record they make.
+
+No IPython here: a view (``display``) is whatever follows the ``View`` protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Protocol
+
+from .exceptions import FlowGptError
+from .ledger import cost_of
+from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
+from .record import Outcome, Record
+
+if TYPE_CHECKING:
+    from .command import ChatRequest
+    from .providers import AsyncResult
+    from .providers.http import RetryNotice
+
+
+class View(Protocol):
+    """Where an answer is shown while it streams (see ``display``)."""
+
+    #: Every text piece so far.
+    pieces: list[str]
+
+    def begin(self) -> None:
+        """The request is going out (called in the loop that runs it)."""
+
+    def extend(self, pieces: list[str]) -> None:
+        """Append pieces (and maybe show them at once, as a terminal does)."""
+
+    def started(self) -> None:
+        """The first piece has been added: show it now, and the rest as it comes."""
+
+    def reasoning(self, text: str) -> None:
+        """Show a piece of the model's reasoning, apart from the answer."""
+
+    def retrying(self, notice: RetryNotice) -> None:
+        """Say that the request failed and is about to be tried again."""
+
+    def progress(self, text: str) -> None:
+        """Say what happens before the request can go out (a local model loading)."""
+
+    def finish(self, record: Record) -> None:
+        """End the live view with the answer's record (its answer maybe partial)."""
+
+
+async def show_answer(
+    answer: AsyncResult, view: View, reply: Reply, ended: Callable[[], None] | None = None
+) -> None:
+    """Stream one answer into its view; its record, whatever happens, into ``reply.final``
+    and the view's ``finish`` (after ``ended``, if given, is called)."""
+    import asyncio
+
+    outcome: Outcome = "failed"
+    error: str | None = None
+    try:
+        await _receive(answer, view, reply)
+        outcome = "complete"
+    except asyncio.CancelledError:
+        outcome = "interrupted"
+        raise
+    except FlowGptError as failure:
+        error = str(failure)
+        raise
+    finally:
+        record = reply.record(view.pieces, outcome, error)
+        if outcome == "complete" and not record.answer:  # (nothing to keep: it failed)
+            record = record._replace(outcome="failed", error=why_no_answer(record))
+        reply.final = record
+        if ended is not None:
+            ended()
+        view.finish(record)
+
+
+async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
+    extend = view.extend
+    view.begin()
+    async with aclosing(answer):
+        items = answer.batches()  # text a list a read: no step per piece
+        async for item in items:
+            if item.__class__ is list:
+                if reply.first_piece is None:  # (unless reasoning came first)
+                    reply.first_piece = time.monotonic() - reply.started
+                extend(item)
+                view.started()
+                break
+            reply.take(item, view)  # type: ignore[arg-type]
+        # The hot loop: the view shows the pieces on its own clock.
+        async for item in items:
+            if item.__class__ is list:
+                extend(item)
+            else:
+                reply.take(item, view)  # type: ignore[arg-type]
+
+
+def why_no_answer(record: Record) -> str:
+    if record.reasoning and record.finish_reason == "length":
+        return (
+            'The model spent its whole token limit reasoning (finish reason "length") and '
+            "wrote no answer; nothing was added to the conversation. Raise the limit, e.g. "
+            "-p max_tokens=4096, or ask for less reasoning (-p reasoning_effort=low)."
+        )
+    if record.reasoning:
+        return (
+            "The model reasoned but wrote no answer; nothing was added to the conversation. "
+            "Try again, or another model."
+        )
+    return (
+        "The server ended the answer without any text; nothing was added to the "
+        "conversation. Try again, or another model."
+    )
+
+
+class Reply:
+    """What an answer's events said besides its text, and when it came; its record."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self.final = Record(request.prompt, "", request.model, outcome="failed")
+        self.started = time.monotonic()
+        self.first_piece: float | None = None
+        self.reasoning: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.served_by: str | None = None
+
+    def take(self, event: Event, view: View) -> None:
+        match event:
+            case Reasoning(text=text):
+                if self.first_piece is None:
+                    self.first_piece = time.monotonic() - self.started
+                self.reasoning.append(text)
+                view.reasoning(text)
+            case Usage():
+                self.usage = event
+            case Finish(reason=reason):
+                self.finish_reason = reason
+            case ServedBy(model=model):
+                self.served_by = model
+
+    def record(self, pieces: list[str], outcome: Outcome, error: str | None = None) -> Record:
+        request = self.request
+        record = Record(
+            prompt=request.prompt,
+            answer="".join(pieces),
+            model=request.model,
+            served_by=self.served_by,
+            temperature=request.temperature,
+            params=dict(request.params) or None,
+            system=request.system,
+            reasoning="".join(self.reasoning),
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            cell_id=request.cell_id,
+            recorded=request.records,
+            outcome=outcome,
+            format=request.format,
+            time=float(int(time.time())),  # (whole seconds, as it is saved)
+            first_piece_seconds=self.first_piece,
+            total_seconds=time.monotonic() - self.started,
+            pieces=len(pieces),
+            error=error,
+            images=request.images,
+        )
+        return record._replace(cost=cost_of(record, request.price))
