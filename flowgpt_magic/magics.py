@@ -208,8 +208,8 @@ class FlowGptMagics(Magics, FlowGptSettings):
         traceback) and {Err[3]} are filled in; other braces stay as written, and {{name}}
         is the literal text {name}. An image ({fig}, a PIL image, the plot cell 3 showed
         in {Out[3]}, or -i PATH) goes with the prompt as an image; a DataFrame, an array
-        or a long value as a compact summary. The last answer is in _flowgpt. See %flowgpt_model and
-        %flowgpt_history.
+        or a long value as a compact summary. The last answer is in _flowgpt. See
+        %flowgpt_model and %flowgpt_history.
         """
         args = _parse(self.flowgpt, line)
         if args.output is not None and (

@@ -63,16 +63,17 @@ def expand(
         if escaped is not None:
             return "{" + escaped + "}"
         out = _OUT.fullmatch(path)
-        displayed = (shown or {}).get(int(out.group(1)), ()) if out else ()
-        if displayed and (out is None or int(out.group(1)) not in namespace.get("Out", {})):
+        cell = int(out.group(1)) if out else None
+        displayed = (shown or {}).get(cell, ()) if cell is not None else ()
+        if displayed and cell not in namespace.get("Out", {}):
             # (A cell that showed a plot, and had no result.)
             return " ".join(label(p, path) for p in displayed)
         value = _resolve(path, namespace)
         words = [label(p, path) for p in displayed]
+        if displayed and _drawn(value):  # (plt.plot's lines, or the figure it showed)
+            return " ".join(words)
         if (picture := picture_of(value, path)) is not None:
             return " ".join([*words, label(picture, path)])
-        if displayed and _drawn(value):  # (plt.plot's result: the lines it drew)
-            return " ".join(words)
         if (summary := summary_of(value, value_chars)) is not None:
             kind, text = summary
             inserted.append(f"{{{path}}}: {kind} summary, {len(text):,} characters")
@@ -84,7 +85,8 @@ def expand(
 
 
 def _drawn(value: Any) -> bool:
-    """Whether ``value`` is what a plotting call returns (matplotlib artists), not data."""
+    """Whether ``value`` is what a plotting call returns (matplotlib artists, a figure),
+    not data."""
     items = value if isinstance(value, (list, tuple)) else [value]
     return bool(items) and all(type(v).__module__.startswith("matplotlib.") for v in items)
 

@@ -278,3 +278,30 @@ def test_a_saved_conversation_file_holds_its_images(
     shell.run_line_magic("flowgpt_history", f"--load {tmp_path / 'talk.json'}")
     (record,) = magics.conversation
     assert record.images[0].data == png_of(fig) and record.images[0].source == "fig"
+
+
+def test_out_n_of_a_cell_that_ends_with_its_figure_sends_the_plot_once(
+    flowgpt_server: LocalServer, openai_base: str
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    sources = [
+        "%load_ext flowgpt_magic\nimport matplotlib.pyplot as plt",
+        "fig = plt.figure()\nplt.plot([3, 1, 2])\nfig",  # [2]: the figure is its result
+        "df = __import__('pandas').DataFrame({'x': range(100)})\ndf.plot()\ndf",  # [3]
+        f"%%flowgpt -m {MODEL} --no-history\nAnd this? {{Out[2]}}",
+        f"%%flowgpt -m {MODEL} --no-history\nAnd these? {{Out[3]}}",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+    figure_cell, frame_cell = (
+        r.body["messages"][-1]["content"] for r in flowgpt_server.state.requests
+    )
+    assert [part["type"] for part in figure_cell] == ["text", "image_url"]
+    assert figure_cell[0]["text"] == "And this? [image 1]"
+    # A result that is data goes as its summary, the plot the cell showed beside it.
+    assert [part["type"] for part in frame_cell] == ["text", "image_url"]
+    assert frame_cell[0]["text"].startswith("And these? pandas DataFrame, 100 rows x 1 columns")
+    assert frame_cell[0]["text"].endswith(" [image 1]")
