@@ -131,8 +131,11 @@ def finish(kc: BlockingKernelClient, msg_id: str, timeout: float = 60) -> Execut
         execution.messages.append(message)
         if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
             break
-    execution.reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))["content"]
-    return execution
+    while True:  # its own reply: not one left over from an earlier request
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            execution.reply = reply["content"]
+            return execution
 
 
 def contents(messages: list[dict[str, Any]], mime: str) -> list[str]:
@@ -265,7 +268,7 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
     stopped_after = time.monotonic() - interrupted_at
 
     assert rest.reply["status"] == "error"
-    assert rest.reply["ename"] == "AnswerInterrupted"
+    assert rest.reply.get("ename") == "AnswerInterrupted", rest.reply
     (error,) = rest.of_type("error")
     assert len(error["content"]["traceback"]) == 1
     assert "Interrupted after" in error["content"]["traceback"][0]

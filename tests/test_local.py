@@ -202,7 +202,7 @@ def test_answers_stream_and_the_stop_button_frees_the_model_at_once(
     assert processing() == [True]
     km.interrupt_kernel()
     rest = finish(kc, msg_id, timeout=10)
-    assert rest.reply["ename"] == "AnswerInterrupted"
+    assert rest.reply.get("ename") == "AnswerInterrupted", rest.reply
     deadline = time.monotonic() + 2  # (llama.cpp sees the closed connection at its next token)
     while processing() != [False]:
         assert time.monotonic() < deadline, "the model went on writing after the stop button"
