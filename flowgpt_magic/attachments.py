@@ -19,8 +19,9 @@ from .exceptions import InvalidRequestError
 #: 2048 px (and takes 20 MB at most); others (llama.cpp, vLLM) take what the model does.
 MAX_SIDE = 2048
 MAX_BYTES = 5_000_000
-#: What an image costs in context, in tokens: OpenAI's count for a "high detail" image
-#: of up to 768 x 2048 px (85 + 170 for each of 6 tiles), a fair guess for others.
+#: What an image costs in context, in tokens: OpenAI's count for a "high detail" image of
+#: 768 x 1536 px (85, and 170 for each of its 6 tiles of 512 px; a 4:3 plot has 4, 765
+#: tokens), a fair guess for others.
 IMAGE_TOKENS = 1_105
 #: The formats servers take, by the bytes that open them.
 _SIGNATURES = {
@@ -92,10 +93,12 @@ class Picture(NamedTuple):
             raw = base64.b64decode(data["data"], validate=True) if "data" in data else b""
         except (TypeError, ValueError):
             raise ValueError("has an image whose 'data' is not base64") from None
+        if raw and picture_kind(raw) is None:
+            raise ValueError("has an image that is not a PNG, JPEG or GIF")
         width, height = (data.get(side) for side in ("width", "height"))
         return cls(
             raw,
-            data["mime"],
+            picture_kind(raw) or data["mime"],
             width if isinstance(width, int) else None,
             height if isinstance(height, int) else None,
             source=str(data.get("source", "an image")),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from PIL import Image
 
-from flowgpt_magic.attachments import MAX_SIDE, picture_of, picture_of_file, summary_of
+from flowgpt_magic.attachments import (
+    MAX_SIDE,
+    Picture,
+    picture_of,
+    picture_of_bytes,
+    picture_of_file,
+    summary_of,
+)
+from flowgpt_magic.exceptions import InvalidRequestError
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer
 
@@ -115,6 +124,24 @@ def test_an_image_too_large_for_servers_is_scaled_down() -> None:
     assert picture is not None
     assert (picture.width, picture.height) == (MAX_SIDE, MAX_SIDE // 4)
     assert Image.open(io.BytesIO(picture.data)).size == (MAX_SIDE, MAX_SIDE // 4)
+
+
+def test_without_pillow_an_image_too_large_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 100), "white").save(big, format="PNG")
+    monkeypatch.setitem(sys.modules, "PIL", None)  # (as if Pillow were not installed)
+    with pytest.raises(InvalidRequestError) as refused:
+        picture_of_bytes(big.getvalue(), "wide.png")
+    assert str(refused.value).startswith("The image from wide.png is too large to send (3000x100")
+    assert "Install Pillow (pip install pillow)" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_saved_image_that_is_not_one_is_refused_when_read() -> None:
+    with pytest.raises(ValueError, match="not a PNG, JPEG or GIF"):
+        Picture.from_json({"mime": "image/png", "data": base64.b64encode(b"<html>").decode()})
 
 
 def test_the_conversation_keeps_the_image_for_a_follow_up(
