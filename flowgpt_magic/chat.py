@@ -18,7 +18,7 @@ from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, red
 from .ledger import Ledger, budget_tokens, estimate_tokens
 from .loop import LoopRunner
 from .providers import PROVIDERS, resolve_model
-from .record import Record, dollars
+from .record import Record, content_size, dollars
 from .reply import Reply, View, show_answer, why_no_answer
 
 if TYPE_CHECKING:
@@ -205,17 +205,11 @@ class Chat:
             request.context_turns, request.context_chars, excluding_cell=request.cell_id
         )
 
-    def _records_sent(self, request: ChatRequest) -> list[Record]:
-        if not request.sends_history:
-            return []
-        return self.conversation.sent(
-            request.context_turns, request.context_chars, excluding_cell=request.cell_id
-        )
-
     def dry_run(self, request: ChatRequest) -> str:
         """What ``ask`` would send, for a person to read; nothing is sent."""
         endpoint = request.ref.entry.provider.endpoint(**request.options)
-        context = request.messages(self._context(request))[:-1]
+        messages = request.messages(self._context(request))
+        context = messages[:-1]
         system = "\n".join(m["content"] for m in context if m["role"] == "system")
         history = [m for m in context if m["role"] != "system"]
         own = "(the provider's own)"
@@ -225,14 +219,14 @@ class Chat:
             price = f"${request.price[0]:g} and ${request.price[1]:g} a million tokens in and out"
             cost.append(f"price:          {price}")
         if request.price is not None and request.max_cost is not None:
-            messages = request.messages(self._context(request))
             most = budget_tokens(messages, request.price, request.max_cost)
             cost.append(
                 f"cost limit:     {dollars(request.max_cost)}: the prompt is about "
                 f"{estimate_tokens(messages):,} tokens (its characters ÷ 4, 4 a message, "
                 f"{IMAGE_TOKENS:,} an image); the answer may have up to {most:,}"
             )
-        images = sum(len(r.images) for r in self._records_sent(request))
+        sizes = [content_size(m["content"]) for m in history]
+        chars, images = sum(c for c, _ in sizes), sum(i for _, i in sizes)
         return "\n".join(
             [
                 "Dry run: nothing was sent.",
@@ -246,7 +240,7 @@ class Chat:
                 ),
                 f"system message: {system or own}",
                 *cost,
-                f"context:        {len(history)} messages, {_characters(history):,} "
+                f"context:        {len(history)} messages, {chars:,} "
                 f"characters{f', {images} images' if images else ''}",
                 f"prompt ({len(request.prompt):,} characters):",
                 *("    " + line for line in request.prompt.splitlines()),
@@ -302,13 +296,3 @@ class Chat:
 
             self._session, self._session_loop = self._runner.run(new_session()), loop
         return self._session
-
-
-def _characters(messages: list[dict[str, Any]]) -> int:
-    """The characters of the messages' text (not of their images)."""
-    return sum(
-        len(m["content"])
-        if isinstance(m["content"], str)
-        else sum(len(part.get("text", "")) for part in m["content"])
-        for m in messages
-    )

@@ -83,22 +83,12 @@ class Conversation:
         most ``max_chars`` characters of content. A cell run again does not send its own
         earlier exchange (``excluding_cell``). The conversation itself keeps everything.
         """
-        records = self.sent(max_turns, max_chars, excluding_cell)
-        return [message for record in records for message in record.wire_messages()]
-
-    def sent(
-        self,
-        max_turns: int | None = None,
-        max_chars: int | None = None,
-        excluding_cell: str | None = None,
-    ) -> list[Record]:
-        """The exchanges ``wire_messages`` sends (see there)."""
         records = self._records
         if excluding_cell is not None:
             records = [r for r in records if r.cell_id != excluding_cell]
         if max_turns is not None or max_chars is not None:
             records = _most_recent(records, max_turns, max_chars)
-        return records
+        return [message for record in records for message in record.wire_messages()]
 
     def transcript(self) -> str:
         """A readable rendering: who said what, in order, from which cell, when."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .record import Record, dollars
+from .record import Record, content_size, dollars
 
 
 class Account:
@@ -119,12 +119,8 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
 
     total = 0
     for message in messages:
-        content = message["content"]
-        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
-        for part in parts:
-            text = part.get("text", "")
-            total += -(-len(text) // 4) if part["type"] == "text" else IMAGE_TOKENS
-        total += 4
+        chars, images = content_size(message["content"])
+        total += -(-chars // 4) + images * IMAGE_TOKENS + 4
     return total
 
 

@@ -216,6 +216,14 @@ def prompt_content(text: str, images: tuple[Picture, ...]) -> str | list[dict[st
     return [{"type": "text", "text": text}, *parts] if parts else text
 
 
+def content_size(content: str | list[dict[str, Any]]) -> tuple[int, int]:
+    """A message's content measured: the characters of its text, and its images."""
+    if isinstance(content, str):
+        return len(content), 0
+    text = sum(len(part["text"]) for part in content if part["type"] == "text")
+    return text, sum(1 for part in content if part["type"] == "image_url")
+
+
 def dollars(amount: float) -> str:
     """US dollars, with two significant digits for small amounts ($0.000023, $0.50)."""
     import math

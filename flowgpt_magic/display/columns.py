@@ -124,8 +124,8 @@ class ColumnsView:
             metadata: dict[str, Any] = {METADATA_KEY: record.to_json()}
         else:
             bundle = several_bundle(records, self._format, self._footer)
-            metadata = {METADATA_KEY: records[0].to_json()}
-            metadata["answers"] = [r.to_json() for r in records]
+            answers = [r.to_json() for r in records]
+            metadata = {METADATA_KEY: answers[0], "answers": answers}
         self._handle.update(bundle, raw=True, metadata=metadata)
         for widget in (*self._parts, *self._layouts):
             widget.close()
