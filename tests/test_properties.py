@@ -9,15 +9,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flowgpt_magic import FlowGptError
-from flowgpt_magic.providers.base import StreamParser
+from flowgpt_magic.providers.stream import StreamParser
 from flowgpt_magic.providers.events import Reasoning
 from flowgpt_magic.providers.flowgpt import NdjsonTextParser
 from flowgpt_magic.providers.lines import LineBuffer
-from flowgpt_magic.providers.openai import SseParser
+from flowgpt_magic.providers.sse import SseParser
 
 
 def decode(chunks: list[bytes], parser: StreamParser) -> list[str]:
-    """What the provider does with the reads of a body (see provider._stream)."""
+    """What the provider does with the reads of a body (see providers.stream.stream)."""
     buffer, pieces = LineBuffer(), []
     for chunk in chunks:
         block = buffer.feed(chunk)

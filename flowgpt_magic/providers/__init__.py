@@ -13,7 +13,7 @@ from traitlets.config import Configurable
 
 from ..exceptions import InvalidRequestError
 from .base import AsyncResult, Provider
-from .events import Event, Finish, Reasoning, ServedBy, Usage
+from .events import Event, Finish, Reasoning, ServedBy, ToolCall, Usage
 from .flowgpt import FlowGpt
 from .local import Local, LocalLlama
 from .openai import OpenAI, OpenAICompatible
@@ -33,6 +33,7 @@ __all__ = [
     "ProviderEntry",
     "Reasoning",
     "ServedBy",
+    "ToolCall",
     "Usage",
     "resolve_model",
 ]

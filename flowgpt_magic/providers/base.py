@@ -2,8 +2,8 @@
 
 A protocol is a subclass that says only what differs: its models, how a request is written
 (``prepare``) and how its stream is read (``parser``). The rest is here, once: the checks
-before anything is sent, the delivery (timeouts, retries), the streaming, and the answer,
-an :class:`AsyncResult` whose ``async for`` gives the text pieces and whose ``events()``
+before anything is sent, the delivery (timeouts, retries), the streaming (``stream.py``), and
+the answer, an :class:`AsyncResult` whose ``async for`` gives the text pieces and whose ``events()``
 gives everything the server said (see ``events.py``).
 
 No IPython here; aiohttp is imported on first use, so loading the extension stays cheap.
@@ -13,53 +13,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..exceptions import FlowGptError, InvalidRequestError, ModelNotFoundError
+from ..exceptions import InvalidRequestError, ModelNotFoundError
 from .checks import Messages, check_params, check_temperature, checked_messages
-from .errors import request_failures, translate_error
-from .events import Event, Reasoning
-from .http import (
-    CONNECT_TIMEOUT,
-    RETRIES,
-    TIMEOUT,
-    Delivery,
-    HttpRequest,
-    RetryNotice,
-    answering,
-    check_proxy,
-    client_timeout,
-    within,
-)
-from .lines import LineBuffer
+from .events import Event
+from .http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery, HttpRequest, RetryNotice, check_proxy
+from .stream import Mode, StreamParser, stream
 
 if TYPE_CHECKING:
     import aiohttp
-
-#: How an answer is read: text pieces, every event, or text pieces a list a read.
-Mode = Literal["text", "events", "batches"]
-
-
-class StreamParser(Protocol):
-    """Turns a block of whole lines of a streamed body into events (see ``events.py``).
-
-    A block is what arrived since the last one, cut after its last newline; it holds at
-    least one line, and no final newline. Parsing many lines at once is what makes long
-    answers cheap (see ``lines.decode_json_lines``).
-    """
-
-    #: Every event this parser makes is a text piece (so nothing need be sorted out).
-    text_only: ClassVar[bool]
-    #: Set once the stream says the answer is complete; later bytes are not read.
-    done: bool
-    #: Set when a block held a bad line: raised once the events before it are delivered,
-    #: so that nothing that arrived intact is lost.
-    error: FlowGptError | None
-
-    def parse(self, block: bytes) -> list[Event]: ...
-
-    def finish(self) -> list[Event]:
-        """Called at the end of the body: what was held back for a last, unended event."""
 
 
 class Provider:
@@ -76,8 +39,10 @@ class Provider:
     model_aliases: ClassVar[dict[str, str]] = {}
     #: The roles a message may have.
     roles: ClassVar[tuple[str, ...]] = ("system", "user", "assistant")
-    #: Whether a message's content may hold images (OpenAI's content parts).
+    #: Whether a message's content may hold images (OpenAI's content parts); and why not,
+    #: for a person (see also ``takes_images``).
     images: ClassVar[bool] = False
+    no_images: ClassVar[str] = "its protocol carries text only"
     #: Keyword arguments of this protocol's own (its endpoint, a key), beside the common ones.
     options: ClassVar[tuple[str, ...]] = ()
     #: How a user changes the endpoint, and what to do about an HTTP status: for errors.
@@ -124,7 +89,7 @@ class Provider:
         checked = None if temperature is None else check_temperature(temperature)
         request = cls.prepare(
             cls.get_model(model),
-            checked_messages(messages, cls.roles, cls.images and cls.__name__),
+            checked_messages(messages, cls.roles, cls.takes_images(**options) and cls.__name__),
             checked,
             check_params(params or {}),
             **options,
@@ -137,8 +102,8 @@ class Provider:
         delivery = Delivery(
             timeout, first_piece_timeout, connect_timeout, retries, on_retry, on_progress
         )
-        stream = functools.partial(_stream, request, cls.parser(), delivery.checked(), session)
-        return AsyncResult(stream)
+        answer = functools.partial(stream, request, cls.parser(), delivery.checked(), session)
+        return AsyncResult(answer)
 
     @classmethod
     def arguments(cls) -> list[str]:
@@ -154,6 +119,11 @@ class Provider:
     def endpoint(cls, **options: Any) -> str:
         """The URL requests go to, from the protocol's ``options`` (checked)."""
         raise NotImplementedError
+
+    @classmethod
+    def takes_images(cls, **options: Any) -> bool:
+        """Whether a message may hold images, with these ``options`` (see ``images``)."""
+        return cls.images
 
     @classmethod
     def prepare(
@@ -210,7 +180,8 @@ class AsyncResult:
     or await it first, as the seed's example does (``gen = await ...; async for piece in
     gen``). ``events()`` gives every event instead: text pieces and the typed events of
     ``events.py`` (reasoning, usage, why it finished, which model answered), in order.
-    ``aclose()`` (or ``contextlib.aclosing``) closes the connection at once.
+    ``async with`` (or ``aclose()``) closes the connection at once; leaving ``async for``
+    with ``break`` alone leaves it open until the generator is collected.
 
     ``batches()`` gives the events too, but the text pieces a list at a time (those one read
     of the response brought), and each other event alone. Every step of an async generator
@@ -262,128 +233,10 @@ class AsyncResult:
         if self._generator is not None:
             await self._generator.aclose()
 
+    # ``async with`` closes the connection on leaving, whatever happened: a ``break`` out of
+    # ``async for`` alone does not (Python closes an async generator only when collected).
+    async def __aenter__(self) -> AsyncResult:
+        return self
 
-# -- checks -------------------------------------------------------------------------------
-
-
-async def _stream(
-    request: HttpRequest,
-    parser: StreamParser,
-    delivery: Delivery,
-    session: aiohttp.ClientSession | None,
-    mode: Mode,
-) -> AsyncGenerator[Any, None]:
-    """POST the request and yield the answer as ``parser`` reads it, as ``mode`` says.
-
-    The silences allowed (before the first piece, between pieces) are measured from the
-    last text or reasoning that arrived, not from the last bytes: a server's keep-alive
-    comments (llama.cpp's ``:`` lines) do not keep a silent model alive.
-
-    One generator, not nested ones: closing it (break, aclose, cancellation) unwinds the
-    response and the session right here, not whenever an inner one is collected.
-    """
-    import asyncio
-
-    import aiohttp
-
-    failures = request_failures()
-    clock = asyncio.get_running_loop().time
-    own_session = session is None
-    if session is None:
-        session = aiohttp.ClientSession(timeout=client_timeout(delivery))
-    try:
-        response, sent = await answering(session, request, delivery)
-        async with response:
-            lines = LineBuffer()
-            read = response.content.readany
-            silence, started = delivery.first_piece_limit, False
-            deadline = None if silence is None else sent + silence
-            try:
-                while chunk := await within(read(), _until(deadline, clock)):
-                    block = lines.feed(chunk)
-                    if block is not None:
-                        events = parser.parse(block)
-                        if events:
-                            if _has_content(events):
-                                if not started:
-                                    silence, started = delivery.timeout, True
-                                deadline = None if silence is None else clock() + silence
-                            for item in _items(events, parser.text_only, mode):
-                                yield item
-                        if parser.error is not None:
-                            raise parser.error
-                        if parser.done:
-                            await _drain(response, failures)
-                            return
-            except failures as error:
-                raise translate_error(
-                    error,
-                    request.url,
-                    request.proxy,
-                    request.endpoint_hint,
-                    client_timeout(delivery),
-                    streaming=True,
-                    silence=silence,
-                    started=started,
-                ) from None
-            rest = lines.close()
-            if last := [*(parser.parse(rest) if rest else []), *parser.finish()]:
-                for item in _items(last, parser.text_only, mode):
-                    yield item
-            if parser.error is not None:
-                raise parser.error
-    finally:
-        if own_session:
-            await session.close()
-
-
-#: After the end of an answer, what is read of the body's end (the last chunk, usually
-#: there already), so that the connection serves the next request instead of closing.
-DRAIN_BYTES, DRAIN_SECONDS = 64 * 1024, 1.0
-
-
-async def _drain(response: aiohttp.ClientResponse, failures: tuple[type[Exception], ...]) -> None:
-    """Read the body to its end, within limits: a server that sends more, or nothing,
-    loses the connection instead (aiohttp closes one not read to its end)."""
-    content, left = response.content, DRAIN_BYTES
-    try:
-        while left > 0 and not content.at_eof():
-            left -= len(await within(content.readany(), DRAIN_SECONDS))
-    except failures:
-        pass
-
-
-def _until(deadline: float | None, clock: Callable[[], float]) -> float | None:
-    """Seconds left until ``deadline`` (None: no limit); none left is a timeout now."""
-    if deadline is None:
-        return None
-    left = deadline - clock()
-    if left <= 0:
-        raise TimeoutError
-    return left
-
-
-def _has_content(events: list[Event]) -> bool:
-    """Whether text or reasoning came: what the silences are measured from."""
-    if events[-1].__class__ is str:  # (the common case, whatever came before)
-        return True
-    return any(event.__class__ is str or event.__class__ is Reasoning for event in events)
-
-
-def _items(events: list[Event], text_only: bool, mode: Mode) -> list[Any]:
-    """What the stream yields for a block's events, read as ``mode`` says."""
-    if mode == "text":
-        return events if text_only else [e for e in events if e.__class__ is str]
-    if mode == "events":
-        return events
-    if text_only:
-        return [events]
-    items: list[Any] = []
-    for event in events:
-        if event.__class__ is not str:
-            items.append(event)
-        elif items and items[-1].__class__ is list:
-            items[-1].append(event)
-        else:
-            items.append([event])
-    return items
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -53,16 +53,17 @@ def translate_error(
     streaming: bool = False,
     silence: float | None = None,
     started: bool = False,
+    label: str = "",
 ) -> RequestFailedError:
     """One clear sentence for an aiohttp or timeout failure, with secrets redacted.
 
     ``hint`` says how to change the endpoint; ``streaming`` whether the answer had begun
     (the headers had arrived), ``started`` whether text had, and ``silence`` how long the
-    server was allowed to stay silent.
+    server was allowed to stay silent; ``label`` names the server (else its host).
     """
     import aiohttp
 
-    host = host_of(url)
+    host = label or host_of(url)
     if isinstance(error, aiohttp.ClientProxyConnectionError) or (
         proxy and isinstance(error, aiohttp.ClientHttpProxyError)
     ):
@@ -91,8 +92,8 @@ def translate_error(
         when = "in the middle of the answer" if started else "before the first piece"
         setting = "timeout" if started else "first_piece_timeout"
         return ResponseTimeoutError(
-            f"{host} sent no text for {silence:g} s {when}, so the request was abandoned. "
-            f"The server may be overloaded; try again, or raise the {setting}."
+            f"{_capital(host)} sent no text for {silence:g} s {when}, so the request was "
+            f"abandoned. The server may be overloaded; try again, or raise the {setting}."
         )
     if isinstance(error, aiohttp.InvalidURL):
         return ConnectionFailedError(
@@ -104,10 +105,15 @@ def translate_error(
             "arrived is kept. Try again."
         )
     return ConnectionLostError(
-        f"{host} closed the connection before answering; the server may have crashed or "
-        "restarted. Try again.",
+        f"{_capital(host)} closed the connection before answering; the server may have "
+        "crashed or restarted. Try again.",
         retryable=True,
     )
+
+
+def _capital(name: str) -> str:
+    """A server's name at the start of a sentence ("The local model X", "127.0.0.1:80")."""
+    return name[:1].upper() + name[1:]
 
 
 def _reason(error: BaseException) -> str:
@@ -123,7 +129,7 @@ def _reason(error: BaseException) -> str:
 
 
 async def status_error(
-    response: aiohttp.ClientResponse, url: str, advice: Mapping[int, str]
+    response: aiohttp.ClientResponse, url: str, advice: Mapping[int, str], label: str = ""
 ) -> HTTPStatusError:
     """The error for a non-2xx response: its status, the server's own message, what to do."""
     chunks: list[bytes] = []
@@ -151,7 +157,7 @@ async def status_error(
         refused, what_to_do = True, NO_IMAGES
     detail = f": {excerpt.rstrip('.')}" if excerpt else ""
     return HTTPStatusError(
-        f"{host_of(url)} answered {status} {response.reason or ''}".rstrip()
+        f"{_capital(label) or host_of(url)} answered {status} {response.reason or ''}".rstrip()
         + f"{detail}. {what_to_do}",
         status=status,
         body_excerpt=excerpt,

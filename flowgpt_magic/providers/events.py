@@ -7,7 +7,9 @@ reading it; every other event is a small typed record, rare beside the text:
 - :class:`Reasoning`: a piece of the model's reasoning ("thinking"), apart from the answer;
 - :class:`Usage`: the tokens (and maybe the cost) the server counted;
 - :class:`Finish`: why the model stopped ("stop", or "length" for an answer cut short);
-- :class:`ServedBy`: the model the server says answered, which may not be the one asked.
+- :class:`ServedBy`: the model the server says answered, which may not be the one asked;
+- :class:`ToolCall`: a function the model asks to call, with its arguments (whole: the
+  pieces a stream carries them in are joined before it is made).
 
 Match on them: ``case str(): ...``, ``case Reasoning(text=t): ...``.
 """
@@ -46,4 +48,13 @@ class ServedBy(NamedTuple):
     model: str
 
 
-Event = str | Reasoning | Usage | Finish | ServedBy
+class ToolCall(NamedTuple):
+    """A function the model asks to call: its id (to answer it by), its name, and its
+    arguments as the model wrote them (JSON text, which may not parse)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+Event = str | Reasoning | Usage | Finish | ServedBy | ToolCall

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -100,8 +100,13 @@ class HttpRequest(NamedTuple):
     optional: tuple[str, ...] = ()
     #: A sentence added to the message of a request that failed before any answer.
     advice: str = ""
-    #: Awaited before the request is sent (a local model loading), told how it goes.
-    wait_until_ready: Callable[[Callable[[str], None] | None], Awaitable[None]] | None = None
+    #: How errors name the server, when not by its host and port ("the local model X").
+    label: str = ""
+    #: What the request waits for before it is sent, and holds while its answer streams (a
+    #: local model's server): an async generator given the request, that yields lines for a
+    #: person while it waits (a model loading), then the request as it is to be sent, and
+    #: is closed when the answer has ended.
+    ready: Callable[[HttpRequest], AsyncGenerator[str | HttpRequest, None]] | None = None
 
     def without_optional(self, failure: RequestFailedError) -> HttpRequest | None:
         """The request without its optional fields, if ``failure`` refused one of them."""
@@ -189,8 +194,6 @@ async def answering(
     loop = asyncio.get_running_loop()
     failures = request_failures()
     timeout = client_timeout(delivery)
-    if request.wait_until_ready is not None:
-        await request.wait_until_ready(delivery.on_progress)
     payload = json.dumps(request.body, ensure_ascii=False).encode()
     attempt = 0
     while True:
@@ -216,12 +219,15 @@ async def answering(
                 request.endpoint_hint,
                 timeout,
                 silence=delivery.first_piece_limit,
+                label=request.label,
             )
         else:
             if 200 <= response.status < 300:
                 return response, sent
             async with response:
-                failure = await status_error(response, request.url, request.status_advice)
+                failure = await status_error(
+                    response, request.url, request.status_advice, label=request.label
+                )
         if (simpler := request.without_optional(failure)) is not None:
             request, payload = simpler, json.dumps(simpler.body, ensure_ascii=False).encode()
             continue  # (not a retry: another request)

