@@ -7,12 +7,12 @@ call this, and store what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .attachments import IMAGE_TOKENS
 from .conversation import Conversation
 from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, redact_url
 from .ledger import Ledger, budget_tokens, estimate_tokens
@@ -67,14 +67,14 @@ class Chat:
         what had arrived stays in the view. Raises our own errors only: the request's,
         :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
         """
-        answer = self._send(request, view)
-        reply, asked = Reply(request), self._ask_next()
+        answer, reply = self._send(request, view)
+        asked = self._ask_next()
         try:
             self._runner.run(show_answer(answer, view, reply))
         except KeyboardInterrupt:
             raise AnswerInterrupted(sum(map(len, view.pieces))) from None
         finally:
-            self._ledger.add(reply.final)
+            self._ledger.add(reply.final, reply.estimated)
         record = reply.final
         if not record.answer:
             raise RequestFailedError(record.error or why_no_answer(record))
@@ -89,8 +89,8 @@ class Chat:
         import asyncio
 
         pairs = list(zip(requests, views, strict=True))
-        streams = [self._send(request, view) for request, view in pairs]
-        replies, asked = [Reply(request) for request in requests], self._ask_next()
+        streams, replies = map(list, zip(*(self._send(r, v) for r, v in pairs), strict=True))
+        asked = self._ask_next()
 
         async def everyone() -> list[Any]:
             answers = zip(streams, views, replies, strict=True)
@@ -102,7 +102,7 @@ class Chat:
             raise AnswerInterrupted(sum(len(p) for view in views for p in view.pieces)) from None
         finally:
             for reply in replies:
-                self._ledger.add(reply.final)
+                self._ledger.add(reply.final, reply.estimated)
         records = [reply.final for reply in replies]
         if not any(record.answer for record in records):
             first = results[0]
@@ -110,7 +110,7 @@ class Chat:
                 raise first
             raise RequestFailedError(records[0].error or why_no_answer(records[0]))
         if records[0].outcome == "complete":
-            self._remember(requests[0], records[0], asked)
+            self._remember(replies[0].request, records[0], asked)
         return records
 
     def ask_in_background(self, request: ChatRequest, view: View, label: str) -> Callable[[], None]:
@@ -124,15 +124,15 @@ class Chat:
         import threading
 
         main = self._runner.loop()
-        answer = self._send(request, view, session=None)  # (a session is one loop's)
-        reply, asked = Reply(request), self._ask_next()
+        answer, reply = self._send(request, view, session=None)  # (a session is one loop's)
+        asked = self._ask_next()
         loop = asyncio.new_event_loop()
 
         def over() -> None:  # (on the cells' thread)
             self._background.pop(task, None)
-            self._ledger.add(reply.final)
+            self._ledger.add(reply.final, reply.estimated)
             if reply.final.outcome == "complete":
-                self._remember(request, reply.final, asked)
+                self._remember(reply.request, reply.final, asked)
 
         task = loop.create_task(
             show_answer(answer, view, reply, ended=lambda: self._ended.append(over))
@@ -150,7 +150,8 @@ class Chat:
                 main.call_soon_threadsafe(self._settle)  # (if no cell reads it first)
 
         def stop() -> None:
-            if not loop.is_closed():
+            # (The loop may close between a check and the call: ask, and let it be.)
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
 
         thread = threading.Thread(target=stream, name=f"flowgpt-{label}", daemon=True)
@@ -175,21 +176,20 @@ class Chat:
                 self._conversation.reset()
             self._conversation.add(record, asked)
 
-    def _send(self, request: ChatRequest, view: View, session: Any = True) -> AsyncResult:
-        """The answer stream: checked now, sent when it is read; on the notebook's pooled
-        session, unless ``session`` is None (the stream's own: another loop's)."""
+    def _send(
+        self, request: ChatRequest, view: View, session: Any = True
+    ) -> tuple[AsyncResult, Reply]:
+        """The answer stream (checked now, sent when it is read; on the notebook's pooled
+        session, unless ``session`` is None: the stream's own, another loop's), and the
+        reply it makes, with the request as it is sent (within its cost limit)."""
         delivery = request.delivery
         messages = request.messages(self._context(request))
-        params = request.params
-        if request.price is not None and request.max_cost is not None:
-            most = budget_tokens(messages, request.price, request.max_cost)
-            if not isinstance(params.get("max_tokens"), int) or params["max_tokens"] > most:
-                params = {**params, "max_tokens": most}
-        return request.ref.entry.provider.create_async_generator(
+        request = self._within_cost(request, messages)
+        answer = request.ref.entry.provider.create_async_generator(
             request.ref.model,
             messages,
             temperature=request.temperature,
-            params=params,
+            params=request.params,
             timeout=delivery.timeout,
             first_piece_timeout=delivery.first_piece_timeout,
             connect_timeout=delivery.connect_timeout,
@@ -199,6 +199,19 @@ class Chat:
             session=self._http_session() if session is True else session,
             **request.options,
         )
+        return answer, Reply(request, estimate_tokens(messages))
+
+    def _within_cost(self, request: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
+        """``request``, its answer's max_tokens what its cost limit leaves for it; an error
+        if its prompt alone could cost more."""
+        if request.price is None or request.max_cost is None:
+            return request
+        prompt, _ = self.ledger.prompt_tokens(request.model, messages)
+        most = budget_tokens(prompt, request.price, request.max_cost)
+        given = request.params.get("max_tokens")
+        if isinstance(given, int) and given <= most:
+            return request
+        return request._replace(params={**request.params, "max_tokens": most})
 
     def _context(self, request: ChatRequest) -> list[dict[str, Any]]:
         return self.conversation.wire_messages(
@@ -216,14 +229,18 @@ class Chat:
         temperature = own if request.temperature is None else f"{request.temperature:g}"
         cost = []
         if request.price is not None:
-            price = f"${request.price[0]:g} and ${request.price[1]:g} a million tokens in and out"
-            cost.append(f"price:          {price}")
+            price = f"{dollars(request.price[0])} and {dollars(request.price[1])}"
+            cost.append(f"price:          {price} a million tokens in and out")
         if request.price is not None and request.max_cost is not None:
-            most = budget_tokens(messages, request.price, request.max_cost)
+            prompt, how = self.ledger.prompt_tokens(request.model, messages)
+            try:
+                tokens = budget_tokens(prompt, request.price, request.max_cost)
+                most = f"the answer may have up to {tokens:,} tokens"
+            except FlowGptError:
+                most = "the prompt alone could cost more, so the cell would not be sent"
             cost.append(
-                f"cost limit:     {dollars(request.max_cost)}: the prompt is about "
-                f"{estimate_tokens(messages):,} tokens (its characters ÷ 4, 4 a message, "
-                f"{IMAGE_TOKENS:,} an image); the answer may have up to {most:,}"
+                f"cost limit:     {dollars(request.max_cost)}: the prompt takes up to "
+                f"{prompt:,} tokens ({how}); {most}"
             )
         sizes = [content_size(m["content"]) for m in history]
         chars, images = sum(c for c, _ in sizes), sum(i for _, i in sizes)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from .attachments import Picture, picture_of_file
 from .exceptions import InvalidRequestError
 from .ledger import Price
-from .prompt import Prompt, expand
+from .prompt import Prompt, environment_secrets, expand, redact
 from .providers import ModelRef, ProviderEntry, resolve_model
 from .providers.checks import check_temperature
 from .providers.http import Delivery
@@ -43,6 +43,29 @@ class Settings(NamedTuple):
         """The keyword options ``entry``'s provider is called with (besides delivery)."""
         return {"proxy": self.proxy, **self.provider_options.get(entry.name, {})}
 
+    def secrets(self) -> dict[str, str]:
+        """Every secret these settings and the environment hold, by where it is from: the
+        environment's keys, tokens and passwords, the providers' keys (%config, or
+        %flowgpt_key), and passwords in the proxy's and the endpoints' URLs."""
+        from urllib.parse import urlsplit
+
+        found = environment_secrets()
+        urls = {"the proxy": self.proxy}
+        for provider, options in self.provider_options.items():
+            for name, value in options.items():
+                if name == "api_key" and isinstance(value, str):
+                    found[f"the {provider} API key"] = value
+                elif isinstance(value, str) and "@" in value:
+                    urls[f"{provider}'s {name}"] = value
+        for where, url in urls.items():
+            try:
+                password = urlsplit(url).password if url else None
+            except ValueError:
+                password = None
+            if password:
+                found[f"the password in {where}'s URL"] = password
+        return found
+
 
 class ChatRequest(NamedTuple):
     prompt: str
@@ -66,6 +89,8 @@ class ChatRequest(NamedTuple):
     #: The prompt's images, and what was put in it (for --dry-run).
     images: tuple[Picture, ...] = ()
     inserted: tuple[str, ...] = ()
+    #: Where the secrets were from that the prompt held, and go as *** instead.
+    redacted: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -122,7 +147,14 @@ def build_request(
         if namespace is None
         else expand(cell, namespace, shown, value_chars=settings.value_chars)
     )
-    prompt, images, inserted = filled.text.strip(), list(filled.images), list(filled.inserted)
+    secrets = settings.secrets()
+    prompt, redacted = redact(filled.text.strip(), secrets)
+    images, inserted = list(filled.images), list(filled.inserted)
+    if system is None:
+        system = settings.system
+    if system:
+        system, also = redact(system, secrets)
+        redacted += [source for source in also if source not in redacted]
     for path in image_files:
         images.append(picture_of_file(path))
         inserted.append(f"-i {path}: image {len(images)}, {images[-1].describe()}")
@@ -151,17 +183,23 @@ def build_request(
             f"dollars per million tokens in and out: %config FlowGptMagics.prices = "
             f"{{{ref.id!r}: [0.15, 0.60]}}."
         )
+    params_given = {**settings.params, **parse_params(params)}
+    chosen = answer_format or settings.answer_format
+    if answer_format is None and _asks_json(params_given):
+        chosen = "json"  # (asked for with -p response_format=...: shown as what it is)
+    if chosen == "json" and "response_format" not in params_given:
+        params_given["response_format"] = {"type": "json_object"}
     return ChatRequest(
         prompt=prompt,
         ref=ref,
         temperature=(
             parse_temperature(temperature) if temperature is not None else settings.temperature
         ),
-        system=system if system is not None else settings.system,
-        params={**settings.params, **parse_params(params)},
+        system=system,
+        params=params_given,
         use_history=not no_history,
         reset=reset,
-        format=answer_format or settings.answer_format,
+        format=chosen,
         cell_id=cell_id,
         context_turns=settings.context_turns,
         context_chars=settings.context_chars,
@@ -171,7 +209,21 @@ def build_request(
         max_cost=limit,
         images=tuple(images),
         inserted=tuple(inserted),
+        redacted=tuple(redacted),
     )
+
+
+def secrets_line(redacted: Sequence[str]) -> str:
+    """The line that says which secrets a prompt held, sent as *** instead."""
+    values = "the value" if len(redacted) == 1 else "the values"
+    names = ", ".join(redacted[:-1]) + (" and " if len(redacted) > 1 else "") + redacted[-1]
+    return f"(Sent as *** instead: {values} of {names}, which a prompt never carries.)"
+
+
+def _asks_json(params: Mapping[str, Any]) -> bool:
+    """Whether the parameters ask for a JSON answer (OpenAI's ``response_format``)."""
+    wanted = params.get("response_format")
+    return isinstance(wanted, Mapping) and wanted.get("type") in ("json_object", "json_schema")
 
 
 def parse_params(assignments: Sequence[str]) -> dict[str, Any]:

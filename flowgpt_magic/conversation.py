@@ -33,6 +33,9 @@ class Conversation:
         #: When each was asked, in the chat's count: an answer that took longer (one in
         #: the background) still goes before those asked after it.
         self._asked = list(range(len(self._records)))
+        #: When the exchange a cell has now was asked (it may stand where an earlier one
+        #: of the cell stood).
+        self._cell_asked: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -45,14 +48,20 @@ class Conversation:
 
     def add(self, record: Record, asked: int | None = None) -> None:
         """Add an exchange, after those asked before it (``asked``: when, in the chat's
-        count; None: now). One from a cell that already has one replaces it, in place."""
-        if record.cell_id is not None:
-            for index, earlier in enumerate(self._records):
-                if earlier.cell_id == record.cell_id:
-                    self._records[index] = record
-                    return
+        count; None: now). One from a cell that already has one replaces it, in place,
+        unless it was asked before that one (an answer in the background that ended after
+        its cell was run again): then the newer stays, and this one is dropped."""
         if asked is None:
-            asked = self._asked[-1] + 1 if self._asked else 0
+            asked = max([self._asked[-1] if self._asked else -1, *self._cell_asked.values()]) + 1
+        cell = record.cell_id
+        if cell is not None:
+            for index, earlier in enumerate(self._records):
+                if earlier.cell_id == cell:
+                    if asked > self._cell_asked.get(cell, -1):
+                        self._records[index] = record
+                        self._cell_asked[cell] = asked
+                    return
+            self._cell_asked[cell] = asked
         at = bisect.bisect_right(self._asked, asked)
         self._records.insert(at, record)
         self._asked.insert(at, asked)
@@ -67,9 +76,11 @@ class Conversation:
     def reset(self) -> None:
         self._records.clear()
         self._asked.clear()
+        self._cell_asked.clear()
 
     def replace_with(self, other: Conversation) -> None:
         self._records, self._asked = list(other._records), list(other._asked)
+        self._cell_asked = dict(other._cell_asked)
 
     def wire_messages(
         self,

@@ -34,14 +34,45 @@ class Account:
             self.cost += record.cost
 
 
+#: Until a model has said how many tokens a prompt took, it is taken to take this many times
+#: the estimate, and this many more (a chat template's system prompt and markers).
+FIRST_RATIO, FIRST_EXTRA = 1.5, 64
+#: Once it has, the estimate and what its template added at most, and this much more.
+MARGIN = 1.15
+
+
 class Ledger:
-    """The accounts of a notebook's models, in the order they were first asked."""
+    """The accounts of a notebook's models, in the order they were first asked; and what
+    each model's prompts took beyond their estimate, so that a cost limit holds."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
+        #: By model: the most tokens a prompt took beyond its estimate (its template's).
+        self._extra: dict[str, int] = {}
 
-    def add(self, record: Record) -> None:
+    def add(self, record: Record, estimated: int | None = None) -> None:
+        """Count ``record``; ``estimated``: the tokens its prompt was estimated at."""
         self.accounts.setdefault(record.model, Account()).add(record)
+        taken = record.usage.input_tokens if record.usage is not None else None
+        if estimated is not None and taken is not None:
+            self._extra[record.model] = max(self._extra.get(record.model, 0), taken - estimated)
+
+    def prompt_tokens(self, model: str, messages: list[dict[str, Any]]) -> tuple[int, str]:
+        """The most tokens ``messages`` may take for ``model``, and how that was reckoned,
+        for a person."""
+        estimate = estimate_tokens(messages)
+        from .attachments import IMAGE_TOKENS
+
+        how = f"{estimate:,} (its characters ÷ 4, 4 a message, {IMAGE_TOKENS:,} an image)"
+        if model not in self._extra:
+            most = int(estimate * FIRST_RATIO) + FIRST_EXTRA
+            return most, (
+                f"{how}, half again and {FIRST_EXTRA} more, until the model has said what a "
+                "prompt takes"
+            )
+        extra = self._extra[model]
+        most = int((estimate + extra) * MARGIN)
+        return most, f"{how}, the {extra:,} more a prompt took before, and a margin"
 
     def reset(self) -> None:
         self.accounts.clear()
@@ -124,21 +155,19 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
-def budget_tokens(messages: list[dict[str, Any]], price: Price, max_cost: float) -> int:
-    """The most tokens an answer may have for the prompt and the answer to cost at most
-    ``max_cost``; an error (nothing is sent) if the prompt alone would cost more."""
-    from .attachments import IMAGE_TOKENS
+def budget_tokens(prompt: int, price: Price, max_cost: float) -> int:
+    """The most tokens an answer may have for a prompt of at most ``prompt`` tokens and
+    the answer to cost at most ``max_cost``; an error (nothing is sent) if the prompt alone
+    could cost more."""
     from .exceptions import InvalidRequestError
 
-    prompt = estimate_tokens(messages)
     prompt_cost = prompt * price[0] / 1e6
     if prompt_cost > max_cost:
         raise InvalidRequestError(
-            f"The prompt alone would cost about {dollars(prompt_cost)}, more than the "
-            f"{dollars(max_cost)} allowed: about {prompt:,} tokens (its characters ÷ 4, 4 a "
-            f"message, {IMAGE_TOKENS:,} an image) at ${price[0]:g} a million. Nothing was "
-            "sent. Raise --max-cost, or send less context (--no-history, "
-            "FlowGptMagics.history_turns)."
+            f"The prompt alone could cost {dollars(prompt_cost)}, more than the "
+            f"{dollars(max_cost)} allowed: up to {prompt:,} tokens at {dollars(price[0])} a "
+            "million. Nothing was sent. Raise --max-cost, or send less context "
+            "(--no-history, FlowGptMagics.history_turns)."
         )
     if price[1] <= 0:
         return 2**31  # (an answer that costs nothing: no limit)

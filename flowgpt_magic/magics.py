@@ -15,7 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .chat import Chat
-from .command import build_request
+from .command import build_request, secrets_line
 from .conversation import Conversation
 from .display import code_of, open_background, open_columns, open_view
 from .prompt import ErrorLog, ShownImages
@@ -74,12 +74,13 @@ class FlowGptMagics(Magics, FlowGptSettings):
             print(KEY_IN_CELL, file=sys.stderr)
 
     def _note_display(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Keep the image a cell displays (an inline plot); pass the message on as it is."""
-        if message.get("msg_type") == "display_data" and self.shell is not None:
+        """Note the images a cell shows (an inline plot); pass the message on as it is."""
+        if self.shell is not None:
             # (The cell that runs: its plots are shown as it ends, and count as its own.)
             # Nothing here may break what the notebook displays.
             with contextlib.suppress(Exception):
-                self.shown.record(self.shell.execution_count - 1, message["content"]["data"])
+                kind = message["msg_type"]
+                self.shown.record(self.shell.execution_count - 1, kind, message["content"])
         return message
 
     def _remember_error(self, result: Any) -> None:
@@ -166,9 +167,9 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "-f",
         "--format",
         choices=FORMATS,
-        help="Show the answer as markdown (rendered as it streams), text, or code (its code "
-        "blocks, highlighted; -o and _flowgpt then hold the code). Default: "
-        "FlowGptMagics.answer_format.",
+        help="Show the answer as markdown (rendered as it streams), text, code (its code "
+        "blocks, highlighted; -o and _flowgpt then hold the code), or json (asked for as a "
+        "JSON object; -o and _flowgpt hold its value). Default: FlowGptMagics.answer_format.",
     )
     @argument(
         "--insert",
@@ -238,8 +239,19 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     image_files=args.image,
                     shown=self.shown,
                 )
-                for model in dict.fromkeys(args.model or [None])  # (each model once)
+                for model in args.model or [None]
             ]
+            models = [request.model for request in requests]
+            if twice := [m for m in dict.fromkeys(models) if models.count(m) > 1]:
+                given = " and ".join(
+                    f"-m {m}" for m, ref in zip(args.model, models, strict=True) if ref == twice[0]
+                )
+                raise UsageError(
+                    f"{given} name the same model, {twice[0]}: a cell asks each model once. "
+                    "To compare two of its answers, run the cell again."
+                )
+            if requests[0].redacted:
+                print(secrets_line(requests[0].redacted))
             if args.dry_run:
                 print("\n\n".join(self.chat.dry_run(request) for request in requests))
                 return
@@ -263,7 +275,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
                 )
                 records = self.chat.ask_all(requests, views)
         kept = {
-            record.model: code_of(record.answer)[0] if answer_format == "code" else record.answer
+            record.model: _value_of(record.answer, answer_format)
             for record in records
             if record.answer
         }
@@ -326,3 +338,18 @@ class FlowGptMagics(Magics, FlowGptSettings):
         self.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
+
+
+def _value_of(answer: str, answer_format: str) -> Any:
+    """What ``_flowgpt`` and ``-o`` keep of an answer: its code (``-f code``), the value its
+    JSON is (``-f json``), else its text."""
+    if answer_format == "code":
+        return code_of(answer)[0]
+    if answer_format == "json":
+        import json
+
+        try:
+            return json.loads(answer)
+        except ValueError as error:
+            print(f"(The answer is not valid JSON ({error}): _flowgpt holds its text.)")
+    return answer

@@ -2,10 +2,15 @@
 ``{Err}`` and ``{Err[3]}`` in a cell are replaced by those values.
 
 Only these forms are interpolated: a name followed by attributes and integer indexes. Any
-other brace stays as written, so code, JSON and f-strings pasted into a prompt go through
-untouched (``{"a": {"b": 1}}``, ``{x + 1}``, ``{}``). ``{{name}}`` is the literal text
-``{name}``. Nothing is evaluated beyond names, attributes and integer indexes: no calls, no
-operators.
+other brace stays as written, so JSON and the like pasted into a prompt go through
+untouched (``{"a": {"b": 1}}``, ``{x + 1}``, ``{}``), and so does everything in code: a
+fenced code block or an inline code span keeps its braces (``print(f"Hello {name}")``), and
+an undefined name there is no error. ``{{name}}`` is the literal text ``{name}``. Nothing is
+evaluated beyond names, attributes and integer indexes: no calls, no operators; and names
+and attributes that start with ``_`` are not filled in (private by convention).
+
+Before a prompt is sent, every secret the package knows of (see ``redact``) is replaced by
+``***``: ``{os.environ}`` does not send the API key in it.
 
 An image (a matplotlib Figure, a PIL image, an IPython Image) goes with the prompt as an
 image, labelled ``[image 1]``... in its text; ``{Out[3]}`` is what cell 3 showed: its
@@ -22,10 +27,11 @@ from typing import Any, NamedTuple
 from .attachments import Picture, fit, picture_of, picture_of_bytes, summary_of
 from .exceptions import InvalidRequestError
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NAME = r"[A-Za-z][A-Za-z0-9_]*"  # (not "_x": see the docstring)
 _PATH = rf"{_NAME}(?:\.{_NAME}|\[-?\d+\])*"
 _FORMS = re.compile(rf"\{{\{{({_PATH})\}}\}}|\{{({_PATH})\}}")
 _STEP = re.compile(rf"\.({_NAME})|\[(-?\d+)\]")
+_TICKS = re.compile(r"`+")
 
 
 _OUT = re.compile(r"Out\[(\d+)\]")
@@ -80,8 +86,75 @@ def expand(
             return " ".join([text, *words])
         return " ".join([str(value), *words])
 
-    text = _FORMS.sub(replace, template)
-    return Prompt(text, tuple(images), tuple(inserted))
+    parts, at = [], 0
+    for start, end in code_spans(template):  # (code keeps its braces)
+        parts += [_FORMS.sub(replace, template[at:start]), template[start:end]]
+        at = end
+    parts.append(_FORMS.sub(replace, template[at:]))
+    return Prompt("".join(parts), tuple(images), tuple(inserted))
+
+
+def code_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds code, as Markdown reads it: its fenced code blocks (an unclosed
+    one runs to the end) and, between them, its inline code spans (a run of backticks to
+    the next run of as many)."""
+    from .display.markdown import fence_closes, fence_opened
+
+    spans: list[tuple[int, int]] = []
+    prose, fence, at = 0, "", 0  # (where the prose began; the open fence; the line's start)
+    for line in text.splitlines(keepends=True):
+        if fence:
+            if fence_closes(line.rstrip("\r\n"), fence):
+                spans.append((prose, at + len(line)))
+                prose, fence = at + len(line), ""
+        elif fence := fence_opened(line.rstrip("\r\n")):
+            spans += _inline_code(text, prose, at)
+            prose = at
+        at += len(line)
+    if fence:
+        spans.append((prose, len(text)))
+    else:
+        spans += _inline_code(text, prose, len(text))
+    return spans
+
+
+def _inline_code(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    spans = []
+    at = start
+    while (opening := _TICKS.search(text, at, end)) is not None:
+        run = opening.group()
+        closing = re.compile(rf"(?<!`){run}(?!`)").search(text, opening.end(), end)
+        if closing is None:
+            at = opening.end()  # (backticks with no match are text)
+            continue
+        spans.append((opening.start(), closing.end()))
+        at = closing.end()
+    return spans
+
+
+#: What the names of environment variables that hold secrets say.
+SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+#: Shorter values are not taken for secrets: "1" or "true" replaced everywhere would
+#: garble a prompt, and no key or token is that short.
+SECRET_MIN = 8
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with each secret's value (``secrets``: where it is from -> the value)
+    replaced by ``***``, and where each one replaced was from."""
+    found = []
+    for source, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
+        if len(value) >= SECRET_MIN and value in text:
+            text = text.replace(value, "***")
+            found.append(source)
+    return text, found
+
+
+def environment_secrets() -> dict[str, str]:
+    """The environment's variables whose names say they hold a secret, by name."""
+    import os
+
+    return {f"${name}": value for name, value in os.environ.items() if SECRET_NAMES.search(name)}
 
 
 def _drawn(value: Any) -> bool:
@@ -92,15 +165,26 @@ def _drawn(value: Any) -> bool:
 
 
 class ShownImages(Mapping[int, Sequence[Picture]]):
-    """The images the notebook's recent cells displayed (an inline plot, ``display(Image)``),
-    by cell number, for ``{Out[3]}``. Filled from the kernel's display messages."""
+    """The images the notebook's recent cells show now (an inline plot, ``display(Image)``),
+    by cell number, for ``{Out[3]}``. Filled from the kernel's display messages: kept as
+    the messages carry them (base64 text), decoded only when a prompt asks; a cell's
+    ``clear_output`` forgets its images, an update replaces the one it updates, and at most
+    the last ``per_cell`` of a cell are kept (a cell that redraws a plot 5,000 times keeps
+    one, or a few, not 5,000)."""
 
-    def __init__(self, keep: int = 20) -> None:
-        self._by_cell: dict[int, list[Picture]] = {}
-        self._keep = keep
+    def __init__(self, keep: int = 20, per_cell: int = 4) -> None:
+        #: By cell: its images, each as (display id or None, MIME type, base64 text).
+        self._by_cell: dict[int, list[tuple[str | None, str, str]]] = {}
+        self._cell_of: dict[str, int] = {}  # a display id's cell
+        self._keep, self._per_cell = keep, per_cell
 
     def __getitem__(self, cell: int) -> list[Picture]:
-        return self._by_cell[cell]
+        import base64
+
+        return [
+            picture_of_bytes(base64.b64decode(data), f"cell [{cell}]", in_output=True, scale=False)
+            for _, _, data in self._by_cell[cell]
+        ]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._by_cell)
@@ -108,19 +192,34 @@ class ShownImages(Mapping[int, Sequence[Picture]]):
     def __len__(self) -> int:
         return len(self._by_cell)
 
-    def record(self, cell: int, bundle: Mapping[str, Any]) -> None:
-        """Keep the image a display message's ``bundle`` holds, if any (as an output keeps
-        it, so a saved record can refer to it there)."""
-        import base64
-
+    def record(self, cell: int, kind: str, content: Mapping[str, Any]) -> None:
+        """Take in a display message of cell ``cell``: its ``kind`` (``display_data``,
+        ``update_display_data``, ``clear_output``) and ``content``."""
+        if kind == "clear_output":
+            for shown, _, _ in self._by_cell.pop(cell, ()):
+                self._cell_of.pop(shown or "", None)
+            return
+        bundle = content.get("data") or {}
+        shown = (content.get("transient") or {}).get("display_id")
         for mime in ("image/png", "image/jpeg", "image/gif"):
             if isinstance(bundle.get(mime), str):
-                data = base64.b64decode(bundle[mime])
-                picture = picture_of_bytes(data, f"cell [{cell}]", in_output=True, scale=False)
-                self._by_cell.setdefault(cell, []).append(picture)
-                while len(self._by_cell) > self._keep:
-                    del self._by_cell[min(self._by_cell)]
+                image = (shown, mime, bundle[mime])
+                break
+        else:
+            return
+        if kind == "update_display_data" and shown:
+            cell = self._cell_of.get(shown, cell)  # (the cell that shows it, not this one)
+            images = self._by_cell.get(cell, [])
+            if at := [i for i, (other, _, _) in enumerate(images) if other == shown]:
+                images[at[0]] = image
                 return
+        images = self._by_cell.setdefault(cell, [])
+        images.append(image)
+        if shown:
+            self._cell_of[shown] = cell
+        del images[: -self._per_cell]
+        while len(self._by_cell) > self._keep:
+            del self._by_cell[min(self._by_cell)]
 
 
 def _resolve(path: str, namespace: Mapping[str, Any]) -> Any:

@@ -17,16 +17,17 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from .attachments import Picture
-from .providers.events import Usage
+from .providers.events import ToolCall, Usage
 
 #: The key under which an answer's output carries its record.
 METADATA_KEY = "flowgpt_magic"
 VERSION = 2
 Outcome = Literal["complete", "interrupted", "failed"]
 OUTCOMES: tuple[Outcome, ...] = ("complete", "interrupted", "failed")
-#: How an answer is shown: rendered as Markdown, as written, or its code blocks alone.
-Format = Literal["markdown", "text", "code"]
-FORMATS: tuple[Format, ...] = ("markdown", "text", "code")
+#: How an answer is shown: rendered as Markdown, as written, its code blocks alone, or as
+#: JSON (asked for as JSON, and kept as the value it parses to).
+Format = Literal["markdown", "text", "code", "json"]
+FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "json")
 
 
 class Record(NamedTuple):
@@ -66,6 +67,10 @@ class Record(NamedTuple):
     pieces: int = 0
     #: The images the prompt carried (labelled ``[image 1]``... in its text).
     images: tuple[Picture, ...] = ()
+    #: The functions the model asked to call.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: The most the answer was allowed to cost, in US dollars (--max-cost), if anything.
+    max_cost: float | None = None
 
     @property
     def in_conversation(self) -> bool:
@@ -111,15 +116,31 @@ class Record(NamedTuple):
         return text
 
     def notice(self) -> str | None:
-        """A line that says why a complete answer may not be whole: it was cut short."""
-        if self.finish_reason == "length":
-            return (
+        """A line that says why an answer may not be whole (it was cut short), or that it
+        cost more than it was allowed to."""
+        said = []
+        if self.finish_reason == "length" and self.max_cost is not None:
+            said.append(
+                f"Cut short at the {(self.params or {}).get('max_tokens', 0):,} tokens that the "
+                f"cost limit ({dollars(self.max_cost)}) leaves for the answer "
+                '(finish reason "length"). For a longer one, raise --max-cost.'
+            )
+        elif self.finish_reason == "length":
+            said.append(
                 'Cut short: the model reached its token limit (finish reason "length"). '
                 "For a longer answer, raise it: -p max_tokens=4096."
             )
-        if self.finish_reason == "content_filter":
-            return 'Cut short by the server\'s content filter (finish reason "content_filter").'
-        return None
+        elif self.finish_reason == "content_filter":
+            said.append(
+                'Cut short by the server\'s content filter (finish reason "content_filter").'
+            )
+        if self.cost is not None and self.max_cost is not None and self.cost > self.max_cost:
+            said.append(
+                f"It cost {dollars(self.cost)}, more than the {dollars(self.max_cost)} allowed: "
+                "the prompt took more tokens than estimated. Later cells of this model "
+                "count with what it took."
+            )
+        return " ".join(said) or None
 
     def to_json(self, inline_images: bool = False) -> dict[str, Any]:
         """The record as JSON: what an output's metadata and a saved conversation hold.
@@ -129,6 +150,7 @@ class Record(NamedTuple):
         data["usage"] = None if self.usage is None else self.usage._asdict()
         data["time"] = None if self.time is None else iso_time(self.time)
         data["images"] = [image.to_json(inline_images) for image in self.images]
+        data["tool_calls"] = [call._asdict() for call in self.tool_calls]
         return data
 
     @classmethod
@@ -164,6 +186,8 @@ class Record(NamedTuple):
             fields["usage"] = _usage(fields["usage"])
         if "images" in fields:
             fields["images"] = tuple(map(Picture.from_json, fields["images"]))
+        if "tool_calls" in fields:
+            fields["tool_calls"] = tuple(map(_tool_call, fields["tool_calls"]))
         return cls(**fields)
 
 
@@ -192,7 +216,15 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "total_seconds": _NUMBER,
     "pieces": int,
     "images": list,
+    "tool_calls": list,
+    "max_cost": _NUMBER,
 }
+
+
+def _tool_call(data: Any) -> ToolCall:
+    if not (isinstance(data, dict) and all(isinstance(data.get(f), str) for f in ToolCall._fields)):
+        raise ValueError("has a tool call that is not an object of strings id, name, arguments")
+    return ToolCall(data["id"], data["name"], data["arguments"])
 
 
 def _usage(data: dict[str, Any]) -> Usage:

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
-from .exceptions import FlowGptError
+from .exceptions import FlowGptError, RequestFailedError
 from .ledger import cost_of
-from .providers.events import Event, Finish, Reasoning, ServedBy, Usage
+from .providers.events import Event, Finish, Reasoning, ServedBy, ToolCall, Usage
 from .record import Outcome, Record
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ async def show_answer(
     error: str | None = None
     try:
         await _receive(answer, view, reply)
+        if reply.tool_calls:
+            raise RequestFailedError(tools_asked(reply.tool_calls))
         outcome = "complete"
     except asyncio.CancelledError:
         outcome = "interrupted"
@@ -98,6 +100,15 @@ async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
                 reply.take(item, view)  # type: ignore[arg-type]
 
 
+def tools_asked(calls: list[ToolCall]) -> str:
+    """What to say of an answer that asked for function calls, which the magic does not run."""
+    asked = " and ".join(f"{call.name}({call.arguments})" for call in calls)
+    return (
+        f"The model asked to call {asked}, and this magic does not run functions; nothing "
+        "was added to the conversation. Ask again without tools."
+    )
+
+
 def why_no_answer(record: Record) -> str:
     if record.reasoning and record.finish_reason == "length":
         return (
@@ -119,8 +130,11 @@ def why_no_answer(record: Record) -> str:
 class Reply:
     """What an answer's events said besides its text, and when it came; its record."""
 
-    def __init__(self, request: ChatRequest) -> None:
+    def __init__(self, request: ChatRequest, estimated: int | None = None) -> None:
+        """``request`` as it is sent; ``estimated``: the tokens its messages were
+        estimated at (to learn from what the server counts)."""
         self.request = request
+        self.estimated = estimated
         self.final = Record(request.prompt, "", request.model, outcome="failed")
         self.started = time.monotonic()
         self.first_piece: float | None = None
@@ -128,6 +142,7 @@ class Reply:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.served_by: str | None = None
+        self.tool_calls: list[ToolCall] = []
 
     def take(self, event: Event, view: View) -> None:
         match event:
@@ -142,6 +157,8 @@ class Reply:
                 self.finish_reason = reason
             case ServedBy(model=model):
                 self.served_by = model
+            case ToolCall():
+                self.tool_calls.append(event)
 
     def record(self, pieces: list[str], outcome: Outcome, error: str | None = None) -> Record:
         request = self.request
@@ -166,5 +183,7 @@ class Reply:
             pieces=len(pieces),
             error=error,
             images=request.images,
+            tool_calls=tuple(self.tool_calls),
+            max_cost=request.max_cost,
         )
         return record._replace(cost=cost_of(record, request.price))

@@ -92,7 +92,8 @@ class FlowGptSettings(Configurable):
         list(FORMATS),
         "markdown",
         help="How answers show in a notebook: 'markdown' (rendered as it streams), 'text', "
-        "or 'code' (the answer's code blocks, highlighted). A cell's -f overrides it.",
+        "'code' (the answer's code blocks, highlighted) or 'json' (asked for as JSON, kept "
+        "as its value). A cell's -f overrides it.",
     ).tag(config=True)
     footer = Bool(
         True,

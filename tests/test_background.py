@@ -4,6 +4,7 @@ real kernels over jupyter_client, and in a shell (as terminal IPython is)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -86,16 +87,20 @@ def test_a_background_answer_streams_on_while_other_cells_run(
     kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
-    flowgpt_server.state.options.delay = 0.02
-    story = " ".join(f"word{n}" for n in range(150))  # about three seconds of it
+    flowgpt_server.state.options.hold = hold = threading.Event()  # (until it is let go)
+    story = " ".join(f"word{n}" for n in range(150))
     started = finish(kc, kc.execute(f"%%flowgpt --background\n/echo\n{story}"))
     # The cell is over, its answer is not: the server is still sending it.
     assert started.reply["status"] == "ok"
     assert flowgpt_server.state.completed == 0
     shown = display_id(started)
+    deadline = time.monotonic() + 30
+    while "word2" not in str(kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))):
+        pass  # (until its first pieces are on screen: the server holds the rest)
 
     other = finish(kc, kc.execute("x = 6 * 7\nprint(x)"))
     assert "".join(m["content"]["text"] for m in other.of_type("stream")) == "42\n"
+    flowgpt_server.state.options.hold = None  # (the next answers go straight through)
     quick = finish(kc, kc.execute("%%flowgpt\nAnd meanwhile?"))
     assert quick.reply["status"] == "ok"
     said = "".join(m["content"]["text"] for m in quick.of_type("stream"))
@@ -103,6 +108,7 @@ def test_a_background_answer_streams_on_while_other_cells_run(
     assert flowgpt_server.state.requests[-1].body["history"][1:] == []  # left out, as said
     assert flowgpt_server.state.completed == 1  # the quick one; the first goes on
 
+    hold.set()
     update = until_updated(kc, shown)
     assert record_in(update).answer == story and record_in(update).outcome == "complete"
     assert update["data"]["text/markdown"].startswith(f"{story}\n\n<small><i>gpt-3.5-turbo · ")

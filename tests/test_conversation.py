@@ -135,3 +135,13 @@ def test_bad_files_are_named_and_explained(tmp_path: Path, contents: str, words:
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HistoryFileError, match="No such file"):
         Conversation.load(tmp_path / "nope.json")
+
+
+def test_an_answer_asked_before_its_cell_ran_again_does_not_overwrite_the_newer() -> None:
+    # A background answer (asked 1) ends after its cell was run again and answered (2).
+    conversation = Conversation()
+    conversation.add(Record("Second run", "Newer.", "m", cell_id="c1"), asked=2)
+    conversation.add(Record("First run", "Older.", "m", cell_id="c1"), asked=1)
+    assert [r.answer for r in conversation] == ["Newer."]
+    conversation.add(Record("Third run", "Newest.", "m", cell_id="c1"), asked=3)
+    assert [r.answer for r in conversation] == ["Newest."]

@@ -332,3 +332,33 @@ def test_out_n_of_a_cell_that_ends_with_its_figure_sends_the_plot_once(
     assert [part["type"] for part in frame_cell] == ["text", "image_url"]
     assert frame_cell[0]["text"].startswith("And these? pandas DataFrame, 100 rows x 1 columns")
     assert frame_cell[0]["text"].endswith(" [image 1]")
+
+
+def test_a_plot_redrawn_thousands_of_times_is_kept_once_and_decoded_only_when_asked(
+    flowgpt_server: LocalServer, openai_base: str
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    shown = "get_ipython().magics_manager.registry['FlowGptMagics'].shown"
+    sources = [
+        "%load_ext flowgpt_magic\nfrom IPython.display import Image, clear_output, display\n"
+        "import matplotlib.pyplot as plt, io\nbuffer = io.BytesIO()\n"
+        "plt.figure(figsize=(2, 2)); plt.plot([1, 2]); plt.savefig(buffer); plt.close()\n"
+        "png = buffer.getvalue()",
+        # [2]: an animation: 2,000 frames, each clearing the one before.
+        "for frame in range(2_000):\n    clear_output(wait=True)\n    display(Image(png))",
+        # [3]: 50 images one after the other: the last few are kept.
+        "for frame in range(50):\n    display(Image(png))",
+        f"print(len({shown}._by_cell[2]), len({shown}._by_cell[3]),"
+        f" all(type(data) is str for _, _, data in {shown}._by_cell[3]))",
+        f"%%flowgpt -m {MODEL} --no-history\nWhat is this? {{Out[2]}}",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    NotebookClient(nb, kernel_name="python3", timeout=120).execute()
+    # Kept as the messages carried them (text, not decoded): one of cell 2, four of cell 3.
+    assert nb.cells[3].outputs[0]["text"] == "1 4 True\n"
+    text, image = last_user(flowgpt_server)
+    assert text["text"] == "What is this? [image 1]"
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")

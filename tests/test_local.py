@@ -133,6 +133,16 @@ def test_a_missing_or_broken_model_file_is_one_line(
     assert len(magics.conversation) == 0
 
 
+def test_an_error_names_the_local_model_not_a_loopback_port(
+    shell: InteractiveShell, local: FlowGptMagics
+) -> None:
+    shell.run_line_magic("config", "Local.context_size = 256")
+    error = shell.run_cell("%%flowgpt -m local\n" + "Say something long. " * 100).error_in_exec
+    assert isinstance(error, UsageError)
+    assert str(error).startswith("The local model SmolLM2-135M-Instruct.Q4_1 answered 400")
+    assert "127.0.0.1" not in str(error) and "Local.context_size" in str(error)
+
+
 def test_without_llama_cpp_the_line_says_what_to_install() -> None:
     code = (
         "import sys; sys.modules['xllamacpp'] = None  # as if the extra were not installed\n"
@@ -283,12 +293,10 @@ def test_a_settings_change_leaves_a_streaming_answer_alone(
     ):
         assert finish(kc, kc.execute(cell)).reply["status"] == "ok"
     assert alive(first)
-    wait = "import time\nwhile get_ipython().magics_manager.registry['FlowGptMagics'].chat.background:\n    time.sleep(0.05)"
+    magics = "get_ipython().magics_manager.registry['FlowGptMagics']"
+    wait = f"import time\nwhile {magics}.chat.background:\n    time.sleep(0.05)"
     assert finish(kc, kc.execute(wait), timeout=60).reply["status"] == "ok"
-    (record,) = kernel_value(
-        kc,
-        "[r.outcome for r in get_ipython().magics_manager.registry['FlowGptMagics'].conversation][-1:]",
-    )
+    (record,) = kernel_value(kc, f"[r.outcome for r in {magics}.conversation][-1:]")
     assert record == "complete"
     assert alive(first)  # (nothing has asked for the new settings yet)
     # The next answer runs on the new settings, and the old server has gone.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -455,14 +454,14 @@ async def test_keep_alive_comments_do_not_keep_a_silent_model_alive(
         return response
 
     server = await aiohttp_raw_server(handler)
-    started = time.monotonic()
+    # (Were the comments taken for the server speaking, there would be no error: the
+    # handler ends after its comments, and the answer with it.)
     with pytest.raises(ResponseTimeoutError, match=r"sent no text for 0\.5 s before the first"):
         await collect(
             OpenAICompatible.create_async_generator(
                 "m", MESSAGES, base_url=str(server.make_url("/v1")), first_piece_timeout=0.5
             )
         )
-    assert time.monotonic() - started < 5
 
 
 # -- the magics, with what real servers send -----------------------------------------------

@@ -118,3 +118,66 @@ def test_the_answer_is_kept_in_a_variable(
     assert shell.user_ns["_flowgpt"] == expected
     error = cell(shell, "%%flowgpt -o class\nx")
     assert isinstance(error, UsageError) and "-o needs a variable name" in str(error)
+
+
+# -- what a prompt may carry ---------------------------------------------------------------
+
+
+def test_code_keeps_its_braces_and_an_undefined_name_there_is_no_error(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    cell(shell, "name = 'Ada'")
+    source = (
+        'Why does `print(f"Hi {who}")` fail, when {name} wrote:\n'
+        '```python\nprint(f"Hello {name}")\nx = {undefined}\n```\n'
+        "and ``{also}`` in a double-tick span, and `unclosed {name}?"
+    )
+    assert cell(shell, f"%%flowgpt\n{source}") is None
+    assert question(flowgpt_server) == source.replace("when {name}", "when Ada").replace(
+        "unclosed {name}", "unclosed Ada"
+    )
+
+
+def test_an_unclosed_code_block_runs_to_the_end() -> None:
+    text = "Look {x}:\n~~~\nprint(f'{y}')\n"
+    assert expand(text, {"x": 1}).text == "Look 1:\n~~~\nprint(f'{y}')\n"
+
+
+def test_names_and_attributes_that_start_with_an_underscore_are_not_filled_in(
+    shell: InteractiveShell, flowgpt_server: LocalServer
+) -> None:
+    cell(shell, "import types\nthing = types.SimpleNamespace(_hidden='x', shown='y')\n_private = 1")
+    assert cell(shell, "%%flowgpt\n{_private} {thing._hidden} {thing.shown}") is None
+    assert question(flowgpt_server) == "{_private} {thing._hidden} y"
+
+
+def test_a_prompt_never_carries_a_secret_the_package_knows_of(
+    shell: InteractiveShell,
+    flowgpt_server: LocalServer,
+    magics: FlowGptMagics,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: object,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment-0123")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret_token_456789")
+    monkeypatch.setenv("SHORT_PASSWORD", "1")  # (too short to be taken for one)
+    shell.run_line_magic("config", "OpenAI.api_key = 'sk-configured-key-abcdef'")
+    cell(shell, "import os")
+    assert cell(shell, "%%flowgpt\nWhat is in {os.environ}? And sk-configured-key-abcdef?") is None
+    asked = question(flowgpt_server)
+    assert "environ({" in asked and "SHORT_PASSWORD': '1'" in asked
+    for secret in ("sk-from-the-environment-0123", "ghp_secret_token_456789", "sk-configured"):
+        assert secret not in asked
+    assert "'OPENAI_API_KEY': '***'" in asked and "And ***?" in asked
+    out = capsys.readouterr().out
+    assert out.count("(Sent as *** instead: the values of ") == 1
+    assert "$OPENAI_API_KEY" in out and "$GITHUB_TOKEN" in out and "the openai API key" in out
+    # Nor does what is kept of it: the conversation, a saved file, the dry run.
+    saved = tmp_path / "chat.json"  # type: ignore[operator]
+    shell.run_line_magic("flowgpt_history", f"--save {saved}")
+    assert "sk-from-the-environment" not in saved.read_text()
+    assert all("sk-" not in record.prompt for record in magics.conversation)
+    assert cell(shell, "%%flowgpt --dry-run\n{os.environ}") is None
+    dry = capsys.readouterr().out
+    assert "(Sent as *** instead:" in dry and "sk-from-the-environment" not in dry

@@ -9,11 +9,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flowgpt_magic import FlowGptError
-from flowgpt_magic.providers.stream import StreamParser
 from flowgpt_magic.providers.events import Reasoning
 from flowgpt_magic.providers.flowgpt import NdjsonTextParser
 from flowgpt_magic.providers.lines import LineBuffer
 from flowgpt_magic.providers.sse import SseParser
+from flowgpt_magic.providers.stream import StreamParser
 
 
 def decode(chunks: list[bytes], parser: StreamParser) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -50,6 +51,40 @@ async def post(url: str, headers: dict[str, str], body: Any) -> tuple[int, str]:
 
 def good_body() -> dict[str, Any]:
     return build_body("gpt-3.5-turbo", USER, 0.7)
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+async def test_the_command_line_server_keeps_nothing_of_what_it_was_asked() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "flowgpt_magic.server", "--port", "0", "--delay", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as server:
+        assert server.stdout is not None
+        url = server.stdout.readline().split("chat endpoint: ")[1].strip()
+        long = [{"role": "user", "content": "x" * 200_000}]  # (200 kB a request)
+
+        async def ask(times: int) -> None:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(times):
+                    result = FlowGpt.create_async_generator(
+                        "gemini", long, api_url=url, session=session
+                    )
+                    async with result:
+                        assert [p async for p in result]
+
+        await ask(20)  # (the server's own start: buffers, caches)
+        before = rss_kb(server.pid)
+        await ask(200)  # 40 MB of questions
+        grown = rss_kb(server.pid) - before
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert grown < 10_000, f"the server grew by {grown:,} kB over 200 requests"
 
 
 @pytest.mark.parametrize(

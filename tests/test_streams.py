@@ -136,11 +136,18 @@ async def test_an_answer_sent_whole_to_a_streamed_request_is_read_as_the_answer(
     ("body", "error", "words"),
     [
         ({"error": {"message": "quota exceeded"}}, RequestFailedError, "quota exceeded"),
-        ({"status": "ok"}, ResponseFormatError, r"JSON that is not a chat completion \('\{\"status"),
+        (
+            {"status": "ok"},
+            ResponseFormatError,
+            r"JSON that is not a chat completion \('\{\"status",
+        ),
     ],
 )
 async def test_json_that_is_no_answer_says_what_came(
-    aiohttp_raw_server: RawServerFactory, body: dict[str, object], error: type[Exception], words: str
+    aiohttp_raw_server: RawServerFactory,
+    body: dict[str, object],
+    error: type[Exception],
+    words: str,
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.Response:
         return web.json_response(body)

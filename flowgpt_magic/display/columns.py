@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..record import METADATA_KEY, Format, Record
-from .markdown import MarkdownBlocks, static_bundle
+from .markdown import MarkdownBlocks, live_blocks, static_bundle
 from .text import TextView, retry_line
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class _Column:
         self.record: Record | None = None
         self.answer: Any = None  # ipywidgets.Output, once the box is shown
         self.status: Any = None
-        self._blocks = MarkdownBlocks()
+        self._blocks = live_blocks(box._format) or MarkdownBlocks()
         self._shown = 0
         self._thoughts = 0  # characters of reasoning
 
@@ -188,7 +188,7 @@ class _Column:
         if (stopped := _stopped(record)) is not None:
             lines.append(html.escape(f"■ {stopped}"))
         if self.answer is not None:
-            self.answer.outputs = (_rendered(record.answer, self.box),) if record.answer else ()
+            self.answer.outputs = (_finished(record.answer, self.box),) if record.answer else ()
             self.status.outputs = (_html("<br>".join(lines)),) if lines else ()
         self.box.column_finished()
 
@@ -235,6 +235,13 @@ def _html(text: str) -> dict[str, Any]:
     return {"output_type": "display_data", "data": {"text/html": text}, "metadata": {}}
 
 
+def _finished(text: str, box: ColumnsView) -> dict[str, Any]:
+    """A whole answer, as the frontend is to show it in its column."""
+    if box._format == "text":
+        return _rendered(text, box)
+    return _rendered(static_bundle(text, box._format)["text/markdown"], box)
+
+
 def _rendered(text: str, box: ColumnsView) -> dict[str, Any]:
     if box._format == "text":
         return {"output_type": "stream", "name": "stdout", "text": text}
@@ -254,21 +261,19 @@ class TextColumns:
         self.columns: list[Any] = [_First(self, footer, self._stream)]
         self.columns += [_Held(self, footer) for _ in models[1:]]
         self._models = models
-        self._first_done = False
-        self._waiting: list[tuple[str, _Held]] = []
+        self._finished = [False] * len(models)
+        self._written = 1  # (the first is written as it comes)
         self._stream.write(f"── {models[0]} ──\n")
 
-    def held_finished(self, held: _Held) -> None:
-        model = self._models[self.columns.index(held)]
-        if self._first_done:
-            held.write(model)
-        else:
-            self._waiting.append((model, held))
-
-    def first_finished(self) -> None:
-        self._first_done = True
-        for model, held in self._waiting:
-            held.write(model)
+    def column_finished(self, column: TextView) -> None:
+        """Write every whole answer whose turn it is: in the order the models were given,
+        whichever finished first."""
+        self._finished[self.columns.index(column)] = True
+        if not self._finished[0]:
+            return
+        while self._written < len(self.columns) and self._finished[self._written]:
+            self.columns[self._written].write(self._models[self._written])
+            self._written += 1
 
 
 class _First(TextView):
@@ -282,11 +287,11 @@ class _First(TextView):
         super().finish(record)
         if record.error is not None:
             self._stream.write(f"■ {record.error}\n")
-        self._columns.first_finished()
+        self._columns.column_finished(self)
 
 
 class _Held(TextView):
-    """An answer kept until it is whole (and the first is written), then written."""
+    """An answer kept until it is whole (and those before it are written), then written."""
 
     def __init__(self, columns: TextColumns, footer: bool) -> None:
         import io
@@ -302,7 +307,7 @@ class _Held(TextView):
         super().finish(record)
         if record.error is not None:
             self._stream.write(f"■ {record.error}\n")
-        self._columns.held_finished(self)
+        self._columns.column_finished(self)
 
     def write(self, model: str) -> None:
         self._out.write(f"\n── {model} ──\n{self._held.getvalue()}")

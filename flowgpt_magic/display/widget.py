@@ -25,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..record import METADATA_KEY, Format
-from .markdown import MarkdownBlocks, static_bundle
+from .markdown import live_blocks, static_bundle
 from .text import retry_line
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class WidgetView:
         self._waiting = self._status_line = waiting
         self._format = answer_format
         self._footer = footer
-        self._blocks = MarkdownBlocks() if answer_format == "markdown" else None
+        self._blocks = live_blocks(answer_format)
         self.pieces: list[str] = []
         self.extend = self.pieces.extend
         self._shown = 0  # how many pieces have been sent to the frontend

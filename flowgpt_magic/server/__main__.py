@@ -48,6 +48,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
             first_delay=args.first_delay,
             min_pieces=args.min_pieces,
             fault=args.fault,
+            record=False,  # (nobody reads them here: a server left running keeps nothing)
         )
     )
     try:

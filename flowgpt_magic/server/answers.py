@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -55,10 +56,14 @@ def reasoning_pieces(body: Mapping[str, Any]) -> list[str]:
 def offline_answer(body: Mapping[str, Any]) -> str:
     """The deterministic answer to a valid request body, FlowGPT's or OpenAI's."""
     images: list[str] = []
+    said: list[str] = []  # what tools answered, after the question
     if "messages" in body:  # OpenAI's: the messages as they are
         messages = body["messages"]
-        question, images = text_of(messages[-1]["content"]), images_of(messages[-1]["content"])
-        context = sum(1 for m in messages[:-1] if m["role"] not in ("system", "developer"))
+        asked = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        question = text_of(messages[asked]["content"])
+        images = images_of(messages[asked]["content"])
+        said = [text_of(m["content"] or "") for m in messages[asked:] if m["role"] == "tool"]
+        context = sum(1 for m in messages[:asked] if m["role"] not in ("system", "developer"))
         system = "\n".join(
             text_of(m["content"]) for m in messages if m["role"] in ("system", "developer")
         )
@@ -76,6 +81,7 @@ def offline_answer(body: Mapping[str, Any]) -> str:
         f"Context: {context} earlier message{'s' if context != 1 else ''}; system message: "
         f"«{_excerpt(system or '(none)')}». "
         + (f"Images: {len(images)} ({'; '.join(images)}). " if images else "")
+        + (f"The tools said: «{_excerpt(' | '.join(said))}». " if said else "")
         + "No model runs here: this text streams word by word so that you can try "
         "flowgpt-magic without a network."
     )
@@ -92,3 +98,35 @@ def answer_pieces(body: Mapping[str, Any], min_pieces: int = 0) -> list[str]:
 def _excerpt(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: A prompt whose first line is ``/call NAME {"arg": ...}`` gets that function call back
+#: (OpenAI's dialect, when the request offers tools).
+CALL = "/call"
+
+
+def tool_call(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The function call an OpenAI-dialect request gets instead of text, if it offers tools
+    and has not had their answers yet: ``/call NAME ARGUMENTS`` in its prompt, else its
+    first tool, with an example of each argument its schema requires."""
+    tools = body.get("tools")
+    messages = body["messages"]
+    if not tools or body.get("tool_choice") == "none" or messages[-1]["role"] == "tool":
+        return None
+    question = text_of(messages[-1]["content"] or "")
+    if question.startswith(CALL + " "):
+        name, _, arguments = question[len(CALL) + 1 :].partition(" ")
+        return name.strip(), arguments.strip() or "{}"
+    function = tools[0]["function"]
+    schema = function.get("parameters") or {}
+    examples: dict[str, object] = {
+        "string": "example",
+        "integer": 1,
+        "number": 1.5,
+        "boolean": True,
+    }
+    example = {
+        name: examples.get(schema.get("properties", {}).get(name, {}).get("type"))
+        for name in schema.get("required", [])
+    }
+    return function["name"], json.dumps(example)

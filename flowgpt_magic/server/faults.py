@@ -27,6 +27,8 @@ FAULTS = {
     "bad-utf8": "send three pieces, then a text event that is not UTF-8",
     "data-not-string": "send three pieces, then a text event whose data is a number",
     "trickle": "send the whole answer one byte at a time",
+    "cut": "send three pieces, then end the body without saying the answer is complete",
+    "whole": "answer a streamed request with the whole answer as one JSON body (OpenAI's)",
 }
 FAULT_LINES = {
     "malformed": b"{not json}\n",
@@ -113,6 +115,7 @@ async def stream_answer(
     A fault asked for (see FAULTS) interrupts this after the third piece.
     """
     state = request.app[STATE]
+    hold = state.options.hold  # (as it was when the answer began)
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
     try:
@@ -126,7 +129,15 @@ async def stream_answer(
         for index, piece in enumerate(pieces):
             if state.options.delay:
                 await asyncio.sleep(state.options.delay)
-            if index == 3 and fault in ("reset", "stall", *FAULT_LINES):
+            if index == 3 and hold is not None:
+                while not hold.is_set():  # (the client may leave meanwhile)
+                    if request.transport is None or request.transport.is_closing():
+                        raise ConnectionResetError
+                    await asyncio.sleep(0.01)
+            if index == 3 and fault in ("reset", "stall", "cut", *FAULT_LINES):
+                if fault == "cut":
+                    last = b""
+                    break
                 if fault == "reset":
                     reset_connection(request)
                     raise ConnectionResetError

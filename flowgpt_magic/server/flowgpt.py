@@ -34,7 +34,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         problems += body_problems(body)
     if problems:
         reason = "; ".join(problems)
-        state.note(lambda s: s.rejected.append(reason))
+        if state.options.record:
+            state.note(lambda s: s.rejected.append(reason))
         return web.json_response({"error": f"Bad request: {reason}."}, status=400)
 
     if state.options.record:

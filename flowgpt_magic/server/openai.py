@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..attachments import IMAGE_TOKENS, picture_kind
-from .answers import answer_pieces, images_of, reasoning_pieces, text_of
+from .answers import answer_pieces, images_of, reasoning_pieces, text_of, tool_call
 from .faults import choose_fault, early_fault, stream_answer
 from .state import STATE, ReceivedRequest
 
@@ -55,7 +55,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     problems = openai_body_problems(body)
     if problems:
         reason = "; ".join(problems)
-        state.note(lambda s: s.rejected.append(reason))
+        if state.options.record:
+            state.note(lambda s: s.rejected.append(reason))
         return _openai_error(400, f"Bad request: {reason}.")
     if body["model"] not in OPENAI_MODELS:
         return _openai_error(
@@ -72,25 +73,30 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return early
     # Words stand for tokens: max_tokens cuts the reasoning and the answer after so many.
     thinking = reasoning_pieces(body)
-    pieces = answer_pieces(body, state.options.min_pieces)
+    call = tool_call(body)
+    pieces = [] if call else answer_pieces(body, state.options.min_pieces)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    finish = "stop"
+    finish = "tool_calls" if call else "stop"
     if isinstance(limit, int) and limit < len(thinking) + len(pieces):
         thinking, pieces = thinking[:limit], pieces[: max(0, limit - len(thinking))]
         finish = "length"
     usage = {
         "prompt_tokens": sum(
-            len(text_of(m["content"]).split()) + IMAGE_TOKENS * len(images_of(m["content"]))
+            len(text_of(m["content"] or "").split())
+            + IMAGE_TOKENS * len(images_of(m["content"] or ""))
             for m in body["messages"]
         ),
-        "completion_tokens": len(thinking) + len(pieces),
+        "completion_tokens": len(thinking) + len(pieces) + (len(call[1].split()) if call else 0),
     }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    if not body.get("stream"):
+    calls = [_call(*call)] if call else []
+    if not body.get("stream") or fault == "whole":
         state.note(lambda s: setattr(s, "completed", s.completed + 1))
-        message = {"role": "assistant", "content": "".join(pieces)}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces) or None}
         if thinking:
             message["reasoning_content"] = "".join(thinking)
+        if calls:
+            message["tool_calls"] = calls
         whole = _completion(body, "chat.completion", {"message": message, "finish_reason": finish})
         return web.json_response({**whole, "usage": usage})
 
@@ -98,21 +104,53 @@ async def chat(request: web.Request) -> web.StreamResponse:
         chunk = _completion(body, "chat.completion.chunk", choice) | fields
         return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
+    def delta(**fields: Any) -> bytes:
+        return event({"delta": fields, "finish_reason": None})
+
     options = body.get("stream_options")
     with_usage = isinstance(options, dict) and options.get("include_usage") is True
     return await stream_answer(
         request,
         "text/event-stream; charset=utf-8",
-        first=event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}),
+        first=delta(role="assistant", content=""),
         pieces=[
-            *(event({"delta": {"reasoning_content": p}, "finish_reason": None}) for p in thinking),
-            *(event({"delta": {"content": p}, "finish_reason": None}) for p in pieces),
+            *(delta(reasoning_content=p) for p in thinking),
+            *(delta(content=p) for p in pieces),
+            *(delta(tool_calls=[piece]) for piece in _call_pieces(calls)),
         ],
         last=event({"delta": {}, "finish_reason": finish})
         + (event(None, usage=usage) if with_usage else b"")
         + b"data: [DONE]\n\n",
         fault=fault,
     )
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    """A function call, as a whole completion's message holds it (a deterministic id)."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{name}{arguments}".encode()).hexdigest()[:24]
+    return {
+        "id": f"call_{digest}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def _call_pieces(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls as a stream carries them (as llama.cpp does): the first piece with the id,
+    the name and no arguments, then the arguments in two pieces."""
+    pieces = []
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        name = {"name": call["function"]["name"], "arguments": ""}
+        pieces.append({"index": index, "id": call["id"], "type": "function", "function": name})
+        pieces += [
+            {"index": index, "function": {"arguments": a}}
+            for a in (arguments[:half], arguments[half:])
+        ]
+    return pieces
 
 
 def _completion(
@@ -128,7 +166,7 @@ def _completion(
     }
 
 
-_OPENAI_ROLES = ("system", "developer", "user", "assistant")
+_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _parts_problems(parts: list[Any], index: int) -> list[str]:
@@ -173,12 +211,24 @@ def openai_body_problems(body: Any) -> list[str]:
         problems.append("messages must be a non-empty list")
     else:
         for index, message in enumerate(messages):
+            # (An assistant's message that calls functions may have no content.)
+            calls = (
+                isinstance(message, dict)
+                and message.get("role") == "assistant"
+                and bool(message.get("tool_calls"))
+            )
             if not (
                 isinstance(message, dict)
                 and message.get("role") in _OPENAI_ROLES
-                and isinstance(message.get("content"), (str, list))
+                and (
+                    isinstance(message.get("content"), (str, list))
+                    or (calls and message.get("content") is None)
+                )
             ):
                 problems.append(f"messages[{index}] must have a role and string content")
+                break
+            if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+                problems.append(f"messages[{index}] is a tool's answer without its tool_call_id")
                 break
             if isinstance(message["content"], list):
                 problems += _parts_problems(message["content"], index)

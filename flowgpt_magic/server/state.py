@@ -26,12 +26,16 @@ class ServerOptions:
     #: A fault to commit on every request (see FAULTS); a request's ``x-flowgpt-fault``
     #: header or ``?fault=`` parameter overrides it.
     fault: str | None = None
-    #: Keep each request in ``ServerState.requests`` (a long soak test may not want to).
+    #: Keep each request (and each rejection's reason) in the state, for tests to read; the
+    #: command-line server keeps none (only counts), however long it runs.
     record: bool = True
     #: Commit ``fault`` on only this many requests, then answer normally (0: on all).
     fault_times: int = 0
     #: The Retry-After (seconds) sent with an injected 429 or 503.
     retry_after: float = 1.0
+    #: When set, every answer holds after its third piece until this event is set: tests
+    #: decide when answers end, instead of racing a clock.
+    hold: threading.Event | None = None
 
 
 @dataclass
