@@ -240,7 +240,7 @@ def summary_of(value: Any, cap: int) -> tuple[str, str] | None:
     module = type(value).__module__.partition(".")[0]
     name = type(value).__name__
     if module == "pandas" and name in ("DataFrame", "Series"):
-        return name, _cap(_frame(value if name == "DataFrame" else value.to_frame()), cap)
+        return name, _cap(_frame(value if name == "DataFrame" else value.to_frame(), cap), cap)
     if module == "numpy" and name == "ndarray":
         return "ndarray", _cap(_array(value), cap)
     if isinstance(value, (list, tuple, dict, set)) and len(text := str(value)) > cap:
@@ -250,14 +250,21 @@ def summary_of(value: Any, cap: int) -> tuple[str, str] | None:
     return None
 
 
-def _frame(frame: Any, rows: int = 5) -> str:
-    shown = frame if len(frame) <= 2 * rows else None
+#: A frame of more rows than this is never made into a whole table (it would not fit).
+WHOLE_ROWS = 2_000
+
+
+def _frame(frame: Any, cap: int, rows: int = 5) -> str:
+    """``frame`` as its shape and dtypes and a Markdown table: all of it, when that fits in
+    ``cap`` characters; else its first and last ``rows`` rows."""
     header = (
         f"pandas DataFrame, {len(frame):,} rows x {len(frame.columns):,} columns; dtypes: "
         + ", ".join(f"{column} {dtype}" for column, dtype in frame.dtypes.items())
     )
-    if shown is not None:
-        return f"{header}\n\n{_table(frame)}"
+    if len(frame) <= WHOLE_ROWS:
+        whole = f"{header}\n\n{_table(frame)}"
+        if len(frame) <= 2 * rows or len(whole) <= cap:
+            return whole
     return (
         f"{header}\n\nFirst {rows} rows:\n\n{_table(frame.head(rows))}\n\n"
         f"Last {rows} rows:\n\n{_table(frame.tail(rows))}"

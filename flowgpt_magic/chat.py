@@ -8,21 +8,25 @@ call this, and store what comes back.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .conversation import Conversation
-from .exceptions import AnswerInterrupted, FlowGptError, RequestFailedError, redact_url
-from .ledger import Ledger, budget_tokens, estimate_tokens
+from .exceptions import (
+    AnswerInterrupted,
+    FlowGptError,
+    ImagesRefusedError,
+    InvalidRequestError,
+    RequestFailedError,
+)
+from .ledger import Ledger, budget_tokens, estimate_tokens, no_price
 from .loop import LoopRunner
-from .providers import PROVIDERS, resolve_model
-from .record import Record, content_size, dollars
+from .record import Record
 from .reply import Reply, View, show_answer, why_no_answer
 
 if TYPE_CHECKING:
-    from .command import ChatRequest, Settings
+    from .command import ChatRequest
     from .providers import AsyncResult
 
 
@@ -39,6 +43,7 @@ class Chat:
         # Background answers that ended, for the cells' thread to take in (appended by
         # their threads; a deque's append and popleft are atomic).
         self._ended: deque[Callable[[], None]] = deque()
+        self._no_images: set[str] = set()  # models that refused images here
         self._session: Any = None  # aiohttp.ClientSession, made on first use
         self._session_loop: Any = None
 
@@ -74,7 +79,7 @@ class Chat:
         except KeyboardInterrupt:
             raise AnswerInterrupted(sum(map(len, view.pieces))) from None
         finally:
-            self._ledger.add(reply.final, reply.estimated)
+            self._learn(reply)
         record = reply.final
         if not record.answer:
             raise RequestFailedError(record.error or why_no_answer(record))
@@ -102,7 +107,7 @@ class Chat:
             raise AnswerInterrupted(sum(len(p) for view in views for p in view.pieces)) from None
         finally:
             for reply in replies:
-                self._ledger.add(reply.final, reply.estimated)
+                self._learn(reply)
         records = [reply.final for reply in replies]
         if not any(record.answer for record in records):
             first = results[0]
@@ -130,7 +135,7 @@ class Chat:
 
         def over() -> None:  # (on the cells' thread)
             self._background.pop(task, None)
-            self._ledger.add(reply.final, reply.estimated)
+            self._learn(reply)
             if reply.final.outcome == "complete":
                 self._remember(reply.request, reply.final, asked)
 
@@ -165,6 +170,12 @@ class Chat:
         self._settle()
         return [label for label, _, _ in self._background.values()]
 
+    def _learn(self, reply: Reply) -> None:
+        """What an answer that ended teaches: what it cost, whether its model takes images."""
+        self._ledger.add(reply.final, reply.estimated)
+        if isinstance(reply.failure, ImagesRefusedError):
+            self._no_images.add(reply.request.model)
+
     def _ask_next(self) -> int:
         """When a request is asked, in this chat's count (the conversation's order)."""
         self._asked += 1
@@ -183,7 +194,7 @@ class Chat:
         session, unless ``session`` is None: the stream's own, another loop's), and the
         reply it makes, with the request as it is sent (within its cost limit)."""
         delivery = request.delivery
-        messages = request.messages(self._context(request))
+        messages = request.messages(self.context(request))
         request = self._within_cost(request, messages)
         answer = request.ref.entry.provider.create_async_generator(
             request.ref.model,
@@ -203,89 +214,59 @@ class Chat:
 
     def _within_cost(self, request: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
         """``request``, its answer's max_tokens what its cost limit leaves for it; an error
-        if its prompt alone could cost more."""
-        if request.price is None or request.max_cost is None:
+        if its prompt alone could cost more, or its price is not known."""
+        if request.max_cost is None:
             return request
-        prompt, _ = self.ledger.prompt_tokens(request.model, messages)
-        most = budget_tokens(prompt, request.price, request.max_cost)
+        most, _ = self.answer_budget(request, messages)
         given = request.params.get("max_tokens")
         if isinstance(given, int) and given <= most:
             return request
         return request._replace(params={**request.params, "max_tokens": most})
 
-    def _context(self, request: ChatRequest) -> list[dict[str, Any]]:
+    def answer_budget(
+        self, request: ChatRequest, messages: list[dict[str, Any]]
+    ) -> tuple[int, str]:
+        """The most tokens the answer may have within the cost limit (and the model's own
+        limit, where known), and how the prompt's tokens were reckoned."""
+        assert request.max_cost is not None
+        entry = request.ref.entry
+        if request.price is None:
+            raise InvalidRequestError(
+                no_price(request.model, entry.provider.on_this_computer(**request.options))
+            )
+        prompt, how = self.ledger.prompt_tokens(request.model, messages)
+        most = budget_tokens(prompt, request.price, request.max_cost)
+        limit = entry.provider.max_output_tokens(request.ref.model, **request.options)
+        return (most if limit is None else min(most, limit)), f"{prompt:,} tokens ({how})"
+
+    def context(self, request: ChatRequest) -> list[dict[str, Any]]:
+        """The conversation's messages ``request`` sends as context."""
         return self.conversation.wire_messages(
+            request.context_turns,
+            request.context_chars,
+            excluding_cell=request.cell_id,
+            images=self._sends_images(request),
+        )
+
+    def _sends_images(self, request: ChatRequest) -> bool:
+        """Whether ``request``'s model is sent images: it takes them, as far as is known
+        (its provider says it may; it has not refused them here)."""
+        provider = request.ref.entry.provider
+        return provider.takes_images(**request.options) and request.model not in self._no_images
+
+    def images_left_out(self, request: ChatRequest) -> int:
+        """How many of the context's images ``request`` leaves out (its model takes none)."""
+        if not request.sends_history or self._sends_images(request):
+            return 0
+        sent = self.conversation.sent(
             request.context_turns, request.context_chars, excluding_cell=request.cell_id
         )
+        return sum(len(record.images) for record in sent)
 
-    def dry_run(self, request: ChatRequest) -> str:
-        """What ``ask`` would send, for a person to read; nothing is sent."""
-        endpoint = request.ref.entry.provider.endpoint(**request.options)
-        messages = request.messages(self._context(request))
-        context = messages[:-1]
-        system = "\n".join(m["content"] for m in context if m["role"] == "system")
-        history = [m for m in context if m["role"] != "system"]
-        own = "(the provider's own)"
-        temperature = own if request.temperature is None else f"{request.temperature:g}"
-        cost = []
-        if request.price is not None:
-            price = f"{dollars(request.price[0])} and {dollars(request.price[1])}"
-            cost.append(f"price:          {price} a million tokens in and out")
-        if request.price is not None and request.max_cost is not None:
-            prompt, how = self.ledger.prompt_tokens(request.model, messages)
-            try:
-                tokens = budget_tokens(prompt, request.price, request.max_cost)
-                most = f"the answer may have up to {tokens:,} tokens"
-            except FlowGptError:
-                most = "the prompt alone could cost more, so the cell would not be sent"
-            cost.append(
-                f"cost limit:     {dollars(request.max_cost)}: the prompt takes up to "
-                f"{prompt:,} tokens ({how}); {most}"
-            )
-        sizes = [content_size(m["content"]) for m in history]
-        chars, images = sum(c for c, _ in sizes), sum(i for _, i in sizes)
-        return "\n".join(
-            [
-                "Dry run: nothing was sent.",
-                f"model:          {request.model}",
-                f"endpoint:       {redact_url(endpoint)}",
-                f"temperature:    {temperature}",
-                *(
-                    [f"parameters:     {json.dumps(dict(request.params))}"]
-                    if request.params
-                    else []
-                ),
-                f"system message: {system or own}",
-                *cost,
-                f"context:        {len(history)} messages, {chars:,} "
-                f"characters{f', {images} images' if images else ''}",
-                f"prompt ({len(request.prompt):,} characters):",
-                *("    " + line for line in request.prompt.splitlines()),
-                *(["filled in:"] if request.inserted else []),
-                *(f"    {line}" for line in request.inserted),
-            ]
-        )
-
-    def model_listing(self, settings: Settings) -> str:
-        """The default model, then each provider with its endpoint and its models (its
-        server asked, where it lists them), for a person to read."""
-        lines = [f"Default model: {settings.model}"]
-        for entry in PROVIDERS.values():
-            options = settings.options_for(entry)
-            lines += ["", f"{entry.name}: {entry.description}"]
-            try:
-                lines.append(f"  endpoint: {redact_url(entry.provider.endpoint(**options))}")
-                models = self._runner.run(entry.provider.list_models(timeout=5.0, **options))
-            except FlowGptError as error:
-                lines.append(f"  (could not list the server's models: {error})")
-                models = entry.provider.models
-            for model in models:
-                ref = resolve_model(f"{entry.name}:{model}")
-                aliases = entry.provider.aliases_of(model)
-                note = f"  (aliases: {', '.join(aliases)})" if aliases else ""
-                mark = "*" if ref.id == settings.model else " "
-                lines.append(f" {mark} {ref.id}{note}")
-        return "\n".join(lines)
+    def run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` to its end on the loop the answers run on (the stop button
+        stops it)."""
+        return self._runner.run(coroutine)
 
     def close(self) -> None:
         """Stop the answers still streaming in the background, then close the session."""

@@ -78,6 +78,7 @@ class ChatRequest(NamedTuple):
     reset: bool
     format: Format
     cell_id: str | None
+    cell_number: int | None
     context_turns: int | None
     context_chars: int | None
     delivery: Delivery
@@ -135,6 +136,7 @@ def build_request(
     reset: bool = False,
     answer_format: Format | None = None,
     cell_id: str | None = None,
+    cell_number: int | None = None,
     max_cost: str | None = None,
     image_files: Sequence[str] = (),
     shown: Mapping[int, Sequence[Picture]] | None = None,
@@ -177,12 +179,6 @@ def build_request(
         )
     limit = parse_dollars(max_cost) if max_cost is not None else settings.max_cost
     price = settings.prices.get(ref.id)
-    if limit is not None and price is None:
-        raise InvalidRequestError(
-            f"A cost limit needs the price of {ref.id}, which is not known. Give it in US "
-            f"dollars per million tokens in and out: %config FlowGptMagics.prices = "
-            f"{{{ref.id!r}: [0.15, 0.60]}}."
-        )
     params_given = {**settings.params, **parse_params(params)}
     chosen = answer_format or settings.answer_format
     if answer_format is None and _asks_json(params_given):
@@ -201,6 +197,7 @@ def build_request(
         reset=reset,
         format=chosen,
         cell_id=cell_id,
+        cell_number=cell_number,
         context_turns=settings.context_turns,
         context_chars=settings.context_chars,
         delivery=settings.delivery,

@@ -82,13 +82,13 @@ class Conversation:
         self._records, self._asked = list(other._records), list(other._asked)
         self._cell_asked = dict(other._cell_asked)
 
-    def wire_messages(
+    def sent(
         self,
         max_turns: int | None = None,
         max_chars: int | None = None,
         excluding_cell: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """The messages to send as context: all, or the most recent that fit the limits.
+    ) -> list[Record]:
+        """The exchanges to send as context: all, or the most recent that fit the limits.
 
         Limits drop whole exchanges, oldest first: at most ``max_turns`` exchanges, and at
         most ``max_chars`` characters of content. A cell run again does not send its own
@@ -99,7 +99,19 @@ class Conversation:
             records = [r for r in records if r.cell_id != excluding_cell]
         if max_turns is not None or max_chars is not None:
             records = _most_recent(records, max_turns, max_chars)
-        return [message for record in records for message in record.wire_messages()]
+        return records
+
+    def wire_messages(
+        self,
+        max_turns: int | None = None,
+        max_chars: int | None = None,
+        excluding_cell: str | None = None,
+        images: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The messages of the exchanges ``sent`` gives (with their images, unless not
+        ``images``)."""
+        records = self.sent(max_turns, max_chars, excluding_cell)
+        return [message for record in records for message in record.wire_messages(images)]
 
     def transcript(self) -> str:
         """A readable rendering: who said what, in order, from which cell, when."""
@@ -107,7 +119,10 @@ class Conversation:
             return "The conversation is empty."
         lines = [f"Conversation: {exchanges(len(self._records))}"]
         for record in self._records:
-            you = "You" + (f" (cell {record.cell_id[:8]})" if record.cell_id else "")
+            if record.cell_number is not None:  # (the number the person saw, [18])
+                you = f"You [{record.cell_number}]"
+            else:
+                you = "You" + (f" (cell {record.cell_id[:8]})" if record.cell_id else "")
             when = iso_time(record.time)[11:19] if record.time is not None else ""
             details = ", ".join(part for part in (record.model, when) if part)
             assistant = f"Assistant ({details})" if details else "Assistant"

@@ -82,6 +82,10 @@ class HTTPStatusError(RequestFailedError):
         self.retry_after = retry_after
 
 
+class ImagesRefusedError(HTTPStatusError):
+    """The server refused the request because its model takes no images."""
+
+
 class ResponseTimeoutError(RequestFailedError):
     """The server went silent for longer than the configured limit."""
 

@@ -47,11 +47,16 @@ class Ledger:
 
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
+        #: Requests that failed before any answer came: they used nothing, and have no row.
+        self.failed = 0
         #: By model: the most tokens a prompt took beyond its estimate (its template's).
         self._extra: dict[str, int] = {}
 
     def add(self, record: Record, estimated: int | None = None) -> None:
         """Count ``record``; ``estimated``: the tokens its prompt was estimated at."""
+        if record.outcome == "failed" and not record.answer and record.usage is None:
+            self.failed += 1
+            return
         self.accounts.setdefault(record.model, Account()).add(record)
         taken = record.usage.input_tokens if record.usage is not None else None
         if estimated is not None and taken is not None:
@@ -76,6 +81,7 @@ class Ledger:
 
     def reset(self) -> None:
         self.accounts.clear()
+        self.failed = 0
 
     def total(self) -> Account:
         total = Account()
@@ -88,7 +94,7 @@ class Ledger:
     def table(self) -> str:
         """The accounts as a table, for a person to read."""
         if not self.accounts:
-            return "No requests yet."
+            return "No requests yet." + (f" {_failed(self.failed)}" if self.failed else "")
         rows = [("model", "requests", "tokens in", "tokens out", "cost")]
         for model, account in (*self.accounts.items(), ("total", self.total())):
             cost = dollars(account.cost) if account.unpriced < account.requests else "-"
@@ -116,14 +122,25 @@ class Ledger:
         notes = []
         if total.uncounted:
             notes.append(
-                f"{total.uncounted:,} request(s) without a token count (stopped or failed)"
+                f"{_requests(total.uncounted)} stopped or failed before the server counted "
+                "tokens: their tokens are not in the sums."
             )
         if total.unpriced:
             notes.append(
-                f"{total.unpriced:,} without a known cost (no price: "
-                "%config FlowGptMagics.prices, in USD per million tokens in and out)"
+                f"{_requests(total.unpriced)} had no known cost (a +, or -): give prices with "
+                "%config FlowGptMagics.prices, in US dollars per million tokens in and out."
             )
-        return "\n".join(lines + ([f"({'; '.join(notes)}.)"] if notes else []))
+        if self.failed:
+            notes.append(_failed(self.failed))
+        return "\n".join(lines + notes)
+
+
+def _requests(count: int) -> str:
+    return f"{count:,} request{'s' if count != 1 else ''}"
+
+
+def _failed(count: int) -> str:
+    return f"{_requests(count)} failed before any answer came, and used nothing."
 
 
 #: USD per million tokens, in and out.
@@ -172,3 +189,18 @@ def budget_tokens(prompt: int, price: Price, max_cost: float) -> int:
     if price[1] <= 0:
         return 2**31  # (an answer that costs nothing: no limit)
     return int((max_cost - prompt_cost) / price[1] * 1e6)
+
+
+def no_price(model: str, on_this_computer: bool) -> str:
+    """What to say of a cost limit for a model whose price is not known."""
+    example = "[0, 0]" if on_this_computer else "[IN, OUT]"
+    where = (
+        "it runs on this computer, so it costs nothing"
+        if on_this_computer
+        else "as its provider lists them"
+    )
+    return (
+        f"A cost limit needs the price of {model}, which is not known. Give it in US dollars "
+        f"per million tokens in and out ({where}): %config FlowGptMagics.prices = "
+        f"{{{model!r}: {example}}}."
+    )

@@ -82,6 +82,16 @@ def model_file(path: str | None) -> Path:
     return bundled
 
 
+def local_model_installed() -> bool:
+    """Whether ``-m local`` would answer here: llama.cpp and a model are installed."""
+    try:
+        check_llama_cpp()
+        model_file(None)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def check_llama_cpp() -> None:
     """Raise a one-line error if the xllamacpp wheel is not installed (without loading it
     into this process)."""

@@ -21,6 +21,7 @@ from .display import code_of, open_background, open_columns, open_view
 from .prompt import ErrorLog, ShownImages
 from .providers import PROVIDERS, resolve_model
 from .record import FORMATS
+from .reports import dry_run, model_listing
 from .settings import FlowGptSettings
 from .tools import _parse, _usage_errors
 
@@ -52,6 +53,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
         self.shown = ShownImages()  # for the images of {Out[3]}
         self._cell_id: str | None = None  # the running cell's id, when the frontend says
+        self._numbered = False  # the running cell has a number ([18]: its history is kept)
         # Each provider's own settings, configurable like ours: %config OpenAI.base_url = ...
         self.provider_settings: dict[str, Any] = {
             entry.name: entry.settings(parent=shell)
@@ -70,6 +72,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
 
     def _note_cell(self, info: Any) -> None:
         self._cell_id = getattr(info, "cell_id", None)
+        self._numbered = bool(getattr(info, "store_history", False))
         if _KEY_LITERAL.search(getattr(info, "raw_cell", "") or ""):
             print(KEY_IN_CELL, file=sys.stderr)
 
@@ -235,6 +238,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     reset=args.reset,
                     answer_format=args.format,
                     cell_id=self._cell_id,
+                    cell_number=self._cell_number(),
                     max_cost=args.max_cost,
                     image_files=args.image,
                     shown=self.shown,
@@ -252,8 +256,15 @@ class FlowGptMagics(Magics, FlowGptSettings):
                 )
             if requests[0].redacted:
                 print(secrets_line(requests[0].redacted))
+            for request in requests:
+                if left := self.chat.images_left_out(request):
+                    print(
+                        f"(The conversation's {left} image{'s' if left > 1 else ''} "
+                        f"{'are' if left > 1 else 'is'} left out for {request.model}, which "
+                        "takes none; their text goes.)"
+                    )
             if args.dry_run:
-                print("\n\n".join(self.chat.dry_run(request) for request in requests))
+                print("\n\n".join(dry_run(self.chat, request) for request in requests))
                 return
             answer_format, widget = requests[0].format, self._use_widget()
             background = (args.background or self.background) and not args.foreground
@@ -303,8 +314,8 @@ class FlowGptMagics(Magics, FlowGptSettings):
             )
         request = requests[0]
         box = open_background(request.model, request.format, self.footer)
-        # (While a cell runs, the shell counts the next one already.)
-        label = f"cell [{self.shell.execution_count - 1}]" if self.shell else "a cell"
+        number = self._cell_number()
+        label = "a cell" if number is None else f"cell [{number}]"
         box.stop = self.chat.ask_in_background(request, box.columns[0], label)
         return True
 
@@ -316,6 +327,11 @@ class FlowGptMagics(Magics, FlowGptSettings):
             return
         assert self.shell is not None
         self.shell.set_next_input(code, replace=False)
+
+    def _cell_number(self) -> int | None:
+        """The running cell's number, as the person sees it ([18]), if it has one."""
+        # (While a cell runs, the shell counts the next one already.)
+        return self.shell.execution_count - 1 if self.shell and self._numbered else None
 
     def _use_widget(self) -> bool:
         if self.display_mode != "auto":
@@ -331,7 +347,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         """Show the default model and every model with its aliases, or set the default."""
         args = _parse(self.flowgpt_model, line)
         if args.name is None:
-            print(self.chat.model_listing(self.settings()))
+            print(model_listing(self.chat, self.settings()))
             return
         with _usage_errors():
             model = resolve_model(args.name).id

@@ -19,6 +19,8 @@ from typing import Any, Literal, NamedTuple
 from .attachments import Picture
 from .providers.events import ToolCall, Usage
 
+#: Seconds of writing, at least, for the footer to say how many tokens a second it wrote.
+MEASURED = 0.2
 #: The key under which an answer's output carries its record.
 METADATA_KEY = "flowgpt_magic"
 VERSION = 2
@@ -54,6 +56,8 @@ class Record(NamedTuple):
     finish_reason: str | None = None
     #: The notebook cell it came from, when the frontend says (JupyterLab does).
     cell_id: str | None = None
+    #: The number the cell had when it ran (its execution count: ``[18]``), if it had one.
+    cell_number: int | None = None
     #: Whether a complete answer joins the conversation (not with --no-history).
     recorded: bool = True
     outcome: Outcome = "complete"
@@ -77,11 +81,11 @@ class Record(NamedTuple):
         """Whether this exchange belongs in the conversation: complete, and recorded."""
         return self.outcome == "complete" and self.recorded
 
-    def wire_messages(self) -> list[dict[str, Any]]:
-        """The exchange as context: the prompt (with its images) and the answer (never the
-        reasoning)."""
+    def wire_messages(self, images: bool = True) -> list[dict[str, Any]]:
+        """The exchange as context: the prompt (with its images, unless not ``images``:
+        their labels stay in its text) and the answer (never the reasoning)."""
         return [
-            {"role": "user", "content": prompt_content(self.prompt, self.images)},
+            {"role": "user", "content": prompt_content(self.prompt, self.images if images else ())},
             {"role": "assistant", "content": self.answer},
         ]
 
@@ -111,7 +115,7 @@ class Record(NamedTuple):
         if usage.input_tokens is not None:
             text = f"{_count(usage.input_tokens, 'token')} in, {usage.output_tokens:,} out"
         writing = (self.total_seconds or 0.0) - (self.first_piece_seconds or 0.0)
-        if usage.output_tokens > 1 and writing > 0:
+        if usage.output_tokens > 1 and writing >= MEASURED:  # (not for an answer at once)
             text += f" ({usage.output_tokens / writing:,.0f} a second)"
         return text
 
@@ -207,6 +211,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "cost": _NUMBER,
     "finish_reason": str,
     "cell_id": str,
+    "cell_number": int,
     "recorded": bool,
     "outcome": str,
     "error": str,

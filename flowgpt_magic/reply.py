@@ -67,7 +67,7 @@ async def show_answer(
         outcome = "interrupted"
         raise
     except FlowGptError as failure:
-        error = str(failure)
+        error, reply.failure = str(failure), failure
         raise
     finally:
         record = reply.record(view.pieces, outcome, error)
@@ -143,6 +143,7 @@ class Reply:
         self.finish_reason: str | None = None
         self.served_by: str | None = None
         self.tool_calls: list[ToolCall] = []
+        self.failure: FlowGptError | None = None
 
     def take(self, event: Event, view: View) -> None:
         match event:
@@ -174,6 +175,7 @@ class Reply:
             usage=self.usage,
             finish_reason=self.finish_reason,
             cell_id=request.cell_id,
+            cell_number=request.cell_number,
             recorded=request.records,
             outcome=outcome,
             format=request.format,

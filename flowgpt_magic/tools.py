@@ -21,15 +21,33 @@ if TYPE_CHECKING:
     from .magics import FlowGptMagics
 
 
+#: Error lines are wrapped at this many characters, between words: JupyterLab's output
+#: area breaks a line too long for it anywhere, even in the middle of a word.
+ERROR_WIDTH = 88
+
+
 @contextmanager
 def _usage_errors() -> Iterator[None]:
-    """Show our own errors as IPython's one-line UsageError, never as a traceback."""
+    """Show our own errors as IPython's UsageError (one paragraph, never a traceback),
+    wrapped between words."""
     try:
         yield
     except AnswerInterrupted:
         raise  # (shown as its own one-line mark)
-    except FlowGptError as error:
-        raise UsageError(str(error)) from None
+    except (FlowGptError, UsageError) as error:
+        raise UsageError(wrapped(str(error))) from None
+
+
+def wrapped(message: str) -> str:
+    """``message`` in lines of at most ERROR_WIDTH characters (the first after IPython's
+    "UsageError: "), broken between words only."""
+    import textwrap
+
+    lead = " " * len("UsageError: ")
+    lines = textwrap.wrap(
+        message, ERROR_WIDTH, initial_indent=lead, break_long_words=False, break_on_hyphens=False
+    )
+    return "\n".join(lines)[len(lead) :] if lines else message
 
 
 def _parse(magic: Any, line: str) -> Any:

@@ -9,6 +9,7 @@ import json
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from messages import said
 
 from flowgpt_magic.display import static_bundle
 from flowgpt_magic.magics import FlowGptMagics
@@ -31,7 +32,7 @@ def test_a_stream_cut_short_keeps_what_came_and_is_not_recorded(
     served.state.options.fault = "cut"
     error = shell.run_cell("%%flowgpt -m openai:gpt-4o\nTell me.").error_in_exec
     assert isinstance(error, UsageError)
-    assert "ended without saying the answer was complete (no finish reason, no [DONE])" in str(
+    assert "ended without saying the answer was complete (no finish reason, no [DONE])" in said(
         error
     )
     body = served.state.requests[-1].body
@@ -70,7 +71,7 @@ def test_a_model_that_asks_to_call_a_function_says_which_and_records_nothing(
     cell = f"%%flowgpt -m openai:gpt-4o -p tools='{json.dumps(tools)}'\nWeather in Oslo?"
     error = shell.run_cell(cell).error_in_exec
     assert isinstance(error, UsageError)
-    assert str(error).startswith(
+    assert said(error).startswith(
         'The model asked to call weather({"city": "example"}), and this magic does not run '
         "functions; nothing was added to the conversation."
     )
@@ -89,7 +90,7 @@ def test_one_model_named_twice_is_refused_before_sending(
 ) -> None:
     error = shell.run_cell(f"%%flowgpt {models}\nHi").error_in_exec
     assert isinstance(error, UsageError)
-    assert str(error).startswith(f"{named} name the same model")
+    assert said(error).startswith(f"{named} name the same model")
     assert served.state.requests == []
 
 

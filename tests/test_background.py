@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
+from messages import said
 from test_kernel import Execution, finish
 
 from flowgpt_magic.magics import FlowGptMagics
@@ -111,7 +112,10 @@ def test_a_background_answer_streams_on_while_other_cells_run(
     hold.set()
     update = until_updated(kc, shown)
     assert record_in(update).answer == story and record_in(update).outcome == "complete"
-    assert update["data"]["text/markdown"].startswith(f"{story}\n\n<small><i>gpt-3.5-turbo · ")
+    # (Its title stays, as it was while it streamed.)
+    assert update["data"]["text/markdown"].startswith(
+        f"**gpt-3.5-turbo**\n\n{story}\n\n<small><i>gpt-3.5-turbo · "
+    )
     # It joined the conversation when it completed, in the order the cells were run.
     assert history(kc) == [f"/echo\n{story}", "And meanwhile?"]
 
@@ -191,7 +195,7 @@ def test_in_a_terminal_background_is_refused_in_one_line(
 ) -> None:
     error = shell.run_cell("%%flowgpt --background\nHi").error_in_exec
     assert isinstance(error, UsageError)
-    assert str(error).startswith("--background needs a notebook: in terminal IPython nothing")
+    assert said(error).startswith("--background needs a notebook: in terminal IPython nothing")
     assert flowgpt_server.state.requests == []
     # As a default, it leaves a terminal's cells in the foreground.
     shell.run_line_magic("config", "FlowGptMagics.background = True")

@@ -599,10 +599,18 @@ def test_a_background_answer_grows_while_another_cell_runs(
         time.sleep(0.1)
     assert len(grew) >= 3, "the background answer did not grow while the other cell ran"
     notebook.screenshot("background-growing.png")
+    top = (
+        "(cell) => Math.round(cell.querySelector('.jp-Cell-outputArea p')"
+        ".getBoundingClientRect().top)"
+    )
+    growing_top = notebook.cell(1).evaluate(top)
     assert notebook.output(2) == "done"
     wait_until(lambda: "word119" in notebook.output(1), 20, "the background answer to end")
     wait_until(lambda: "first piece in" in notebook.output(1), 5, "its footer")
     assert "Stop" not in notebook.output(1)  # the box and its button are gone
+    # Its title stays where it was, above the answer: nothing jumps when it ends.
+    assert notebook.output(1).split("\n")[0] == grew[-1].split("\n")[0] == "gpt-3.5-turbo"
+    assert abs(notebook.cell(1).evaluate(top) - growing_top) <= 4
     notebook.screenshot("background-final.png")
 
 
@@ -627,3 +635,111 @@ def test_an_answer_about_the_plot_a_cell_showed(
     sent = flowgpt_server.state.requests[-1].body["messages"][-1]["content"]
     assert [part["type"] for part in sent] == ["text", "image_url"]
     notebook.screenshot("plot-answer.png")
+
+
+#: Of each column of several answers (live: widget boxes; saved: Markdown's flex divs): its
+#: title's font, where its code sits, the gap under the code, and its text.
+COLUMN_LOOKS = """(cell) => Array.from(cell.querySelectorAll(
+    '.jp-Cell-outputArea .widget-hbox > .widget-vbox, .jp-Cell-outputArea div[style*="flex: 1"]'
+)).map((column) => {
+    const left = column.getBoundingClientRect().left;
+    const title = column.querySelector('strong');
+    const pre = column.querySelector('pre');
+    const done = Array.from(column.querySelectorAll('p'))
+        .find((p) => p.innerText.startsWith('Done'));
+    const style = title ? getComputedStyle(title) : null;
+    const box = (element) => element.getBoundingClientRect();
+    return {
+        title: title ? [title.innerText, style.fontSize, style.fontWeight] : null,
+        code: pre ? Math.round(box(pre).left - left) : null,
+        gap: pre && done ? Math.round(box(done).top - box(pre).bottom) : null,
+        text: column.innerText,
+    };
+})"""
+
+
+def test_what_streams_looks_as_what_stays_and_a_failed_model_keeps_its_error(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.05
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    words = " ".join(f"word{n}" for n in range(40))
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            # SmolLM2 is not served there: that column fails, the other streams on.
+            "%%flowgpt -m openai:gpt-4o -m openai:SmolLM2\n/echo\nHere:\n\n```python\n"
+            f"print('hi')\n```\n\nDone {words}",
+        ]
+    )
+    notebook.run_and_wait(1)
+    notebook.run(2)
+    live: list[Any] = []
+    while not DONE_PROMPT.search(notebook.prompt(2)):
+        seen = notebook.cell(2).evaluate(COLUMN_LOOKS)
+        if len(seen) == 2 and seen[0]["gap"] is not None and "word30" not in seen[0]["text"]:
+            live = seen
+            notebook.screenshot("columns-live.png", of_cell=2)
+        time.sleep(0.1)
+    assert live, "never saw the columns streaming with their code"
+    wait_until(lambda: "first piece in" in notebook.output(2), 10, "the saved output")
+    final = notebook.cell(2).evaluate(COLUMN_LOOKS)
+    notebook.screenshot("columns-final.png", of_cell=2)
+    # The same titles, the same code indent, the same gap under the code.
+    assert [c["title"] for c in final] == [c["title"] for c in live]
+    assert live[0]["title"][0] == "openai:gpt-4o" and live[1]["title"][0] == "openai:SmolLM2"
+    assert live[0]["code"] > 10 and abs(final[0]["code"] - live[0]["code"]) <= 2, (live, final)
+    assert abs(final[0]["gap"] - live[0]["gap"]) <= 2, (live, final)
+    # The failed model's error: in its column while the other streamed, and after.
+    for columns in (live, final):
+        assert "answered 404 Not Found" in columns[1]["text"]
+
+
+def test_unfolded_reasoning_is_set_apart_from_the_answer(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [f"%config OpenAI.base_url = {base!r}", "%%flowgpt -m openai:gpt-4o\n/think\nWhy?"]
+    )
+    notebook.run_and_wait(1)
+    notebook.run_and_wait(2)
+    wait_until(lambda: "Reasoning (" in notebook.output(2), 10, "the folded reasoning")
+    notebook.cell(2).locator("summary").click()
+    wait_until(lambda: "(Offline reasoning.)" in notebook.output(2), 5, "the reasoning to unfold")
+    looks = notebook.cell(2).evaluate(
+        """(cell) => {
+            const thought = getComputedStyle(cell.querySelector('details pre'));
+            const answer = getComputedStyle(cell.querySelector('details + p, details ~ p'));
+            return [thought.borderLeftWidth, thought.paddingLeft, thought.color, answer.color];
+        }"""
+    )
+    border, padding, grey, text = looks
+    assert border != "0px" and padding != "0px" and grey != text, looks
+    notebook.screenshot("reasoning-unfolded-apart.png", of_cell=2)
+
+
+def test_an_error_fits_its_box_without_a_word_broken(
+    open_notebook: Callable[[list[str]], Notebook],
+) -> None:
+    with LocalServer() as gone:
+        closed = gone.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [f"%config OpenAI.base_url = {closed!r}", "%%flowgpt -m openai:gpt-4o\nHello?"]
+    )
+    notebook.run_and_wait(1)
+    notebook.run_and_wait(2)
+    looks = notebook.cell(2).evaluate(
+        """(cell) => {
+            const pre = cell.querySelector('.jp-RenderedText[data-mime-type*="stderr"] pre');
+            const height = pre.getBoundingClientRect().height;
+            const line = parseFloat(getComputedStyle(pre).lineHeight);
+            return [pre.innerText, Math.round(height / line)];
+        }"""
+    )
+    text, shown_lines = looks
+    lines = text.strip().split("\n")
+    assert text.startswith("UsageError: Could not connect to 127.0.0.1:") and len(lines) > 1
+    # As many lines on screen as the message has: the browser broke none of them further.
+    assert shown_lines == len(lines), looks
+    notebook.screenshot("error-wrapped.png", of_cell=2)

@@ -58,7 +58,7 @@ def test_the_demo_runs_every_cell_offline() -> None:
     assert "UsageError: Unknown model 'gpt-5'" in out
     assert "model llama3.2, no temperature.] You asked: «And now from an OpenAI" in out
     assert "Reasoning: (Offline reasoning.) The question is «Why is the sky blue?»." in out
-    assert "30 out (" in out and "■ Cut short: the model reached its token limit" in out
+    assert " 30 out · " in out and "■ Cut short: the model reached its token limit" in out
     assert out.rstrip().endswith("The server answered 6 requests and rejected 0.")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from messages import said
 from PIL import Image
 
 from flowgpt_magic.attachments import (
@@ -178,8 +179,8 @@ def test_a_text_only_protocol_refuses_images_before_sending(
 ) -> None:
     shell.user_ns["fig"] = figure()
     error = shell.run_cell("%%flowgpt\nExplain {fig}").error_in_exec
-    assert str(error).startswith("gpt-3.5-turbo takes no images ({fig} is one): its protocol")
-    assert "\n" not in str(error) and flowgpt_server.state.requests == []
+    assert said(error).startswith("gpt-3.5-turbo takes no images ({fig} is one): its protocol")
+    assert "\n" not in said(error) and flowgpt_server.state.requests == []
     assert len(magics.conversation) == 0
 
 
@@ -188,9 +189,9 @@ def test_what_is_not_an_image_says_so(
 ) -> None:
     (tmp_path / "notes.txt").write_text("not a picture")
     error = shell.run_cell(f"%%flowgpt -m {MODEL} -i {tmp_path / 'notes.txt'}\nWhat?").error_in_exec
-    assert "notes.txt is not a PNG, JPEG or GIF image" in str(error)
+    assert "notes.txt is not a PNG, JPEG or GIF image" in said(error)
     error = shell.run_cell(f"%%flowgpt -m {MODEL} -i {tmp_path / 'gone.png'}\nWhat?").error_in_exec
-    assert "could not read it (No such file or directory)" in str(error)
+    assert "could not read it (No such file or directory)" in said(error)
     assert flowgpt_server.state.requests == []
     with pytest.raises(Exception, match="is not a PNG"):
         picture_of_file(str(tmp_path / "notes.txt"))

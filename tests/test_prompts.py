@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from messages import said
 
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.prompt import expand
@@ -64,7 +65,7 @@ def test_an_unknown_name_is_a_clear_error_and_nothing_is_sent(
 ) -> None:
     error = cell(shell, "%%flowgpt\nWhat about {nowhere_defined}?")
     assert isinstance(error, UsageError)
-    assert "'nowhere_defined', which is not defined" in str(error) and "--raw" in str(error)
+    assert "'nowhere_defined', which is not defined" in said(error) and "--raw" in said(error)
     assert flowgpt_server.state.requests == []
 
 
@@ -117,7 +118,7 @@ def test_the_answer_is_kept_in_a_variable(
     assert shell.user_ns["summary"] == expected
     assert shell.user_ns["_flowgpt"] == expected
     error = cell(shell, "%%flowgpt -o class\nx")
-    assert isinstance(error, UsageError) and "-o needs a variable name" in str(error)
+    assert isinstance(error, UsageError) and "-o needs a variable name" in said(error)
 
 
 # -- what a prompt may carry ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from real_servers import smollm2_gguf
 
 import flowgpt_magic
 from flowgpt_magic import (
@@ -563,14 +564,25 @@ async def test_an_unresolvable_host_is_named() -> None:
     )
 
 
+@pytest.mark.parametrize("installed", [True, False], ids=["local model", "no local model"])
 async def test_flowgpt_s_own_endpoint_failing_says_it_is_gone_and_what_works_instead(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, installed: bool
 ) -> None:
     # These machines have no internet: the public endpoint cannot even be resolved.
     monkeypatch.delenv("FLOWGPT_API_URL", raising=False)
+    model = smollm2_gguf() if installed else "/nowhere/model.gguf"
+    monkeypatch.setenv("FLOWGPT_LOCAL_MODEL", str(model))
     with pytest.raises(FlowGptError) as caught:
         await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER, retries=0))
     message = str(caught.value)
-    assert "FlowGPT's public endpoint has not worked upstream since 2024" in message
-    assert "-m openai:MODEL" in message and "python -m flowgpt_magic.server" in message
-    assert "\n" not in message
+    assert (
+        "FlowGPT's public endpoint has not worked since 2024 (g4f removed it in 2025)." in message
+    )
+    # The way that works here first: the local model, when it is installed.
+    assert message.endswith(
+        "Ask a model on this computer, installed here: %flowgpt_model local; or an "
+        "OpenAI-compatible server: -m openai:MODEL, with %config OpenAI.base_url."
+        if installed
+        else "Ask an OpenAI-compatible server: -m openai:MODEL, with %config OpenAI.base_url; "
+        "or a model on this computer (pip install 'flowgpt-magic[local]')."
+    )

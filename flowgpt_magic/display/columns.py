@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..record import METADATA_KEY, Format, Record
-from .markdown import MarkdownBlocks, live_blocks, static_bundle
+from .markdown import MarkdownBlocks, bold, live_blocks, nested_markdown, static_bundle
 from .text import TextView, retry_line
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class ColumnsView:
             return
         from IPython.display import display
 
-        from .widget import WIDGET_VIEW, _shared_layout
+        from .widget import WIDGET_VIEW, _markdown, _shared_layout
 
         ipywidgets, layout = self._widgets, _shared_layout()
         # (One Layout for the columns, one for the box: each Layout is a widget of its own.)
@@ -81,17 +81,21 @@ class ColumnsView:
         for column in self.columns:
             column.answer = ipywidgets.Output(layout=layout)
             column.status = ipywidgets.Output(outputs=(_line(column.waiting),), layout=layout)
-            title = ipywidgets.HTML(f"<b>{html.escape(column.model)}</b>", layout=layout)
+            # (The title as the saved output has it: Markdown, rendered the same way.)
+            title = ipywidgets.Output(outputs=(_markdown(bold(column.model)),), layout=layout)
             parts = (title, column.answer, column.status)
             boxes.append(ipywidgets.VBox(parts, layout=self._layouts[0]))
-        self._box = ipywidgets.HBox(boxes, layout=self._layouts[1])
-        self._parts = [self._box, *boxes, *(w for box in boxes for w in box.children)]
-        shown = self._box
+        self._parts = [*boxes, *(w for box in boxes for w in box.children)]
         if self.stop is not None:
+            # The Stop button in the title's row: when it goes, nothing below it moves.
             button = ipywidgets.Button(description="Stop", icon="stop", layout=layout)
             button.on_click(lambda _: self.stop() if self.stop is not None else None)
-            shown = ipywidgets.VBox((self._box, button), layout=layout)
-            self._parts += [shown, button]
+            across = ipywidgets.Layout(justify_content="space-between", align_items="center")
+            row = ipywidgets.HBox((boxes[0].children[0], button), layout=across)
+            boxes[0].children = (row, *boxes[0].children[1:])
+            self._parts += [row, button, across]
+        self._box = shown = ipywidgets.HBox(boxes, layout=self._layouts[1])
+        self._parts.append(shown)
         view = {"version_major": 2, "version_minor": 0, "model_id": shown.model_id}
         plain = "Asking " + ", ".join(column.model for column in self.columns) + "…"
         self._handle = display({WIDGET_VIEW: view, "text/plain": plain}, raw=True, display_id=True)
@@ -121,6 +125,8 @@ class ColumnsView:
             bundle = static_bundle(
                 record.answer, self._format, footer, reasoning=record.reasoning, notice=notice
             )
+            if "text/markdown" in bundle:  # (its title stays, as it was while it streamed)
+                bundle["text/markdown"] = f"{bold(record.model)}\n\n{bundle['text/markdown']}"
             metadata: dict[str, Any] = {METADATA_KEY: record.to_json()}
         else:
             bundle = several_bundle(records, self._format, self._footer)
@@ -180,7 +186,7 @@ class _Column:
     def finish(self, record: Record) -> None:
         """This model is done: its answer, its footer or its error, in its column."""
         self.record = record
-        lines = []
+        lines = []  # (as Markdown, as the saved output has them)
         if self.box._footer and record.answer:
             lines.append(f"<small><i>{html.escape(record.footer())}</i></small>")
         if (notice := record.notice() or record.error) is not None:
@@ -188,8 +194,10 @@ class _Column:
         if (stopped := _stopped(record)) is not None:
             lines.append(html.escape(f"■ {stopped}"))
         if self.answer is not None:
+            from .widget import _markdown
+
             self.answer.outputs = (_finished(record.answer, self.box),) if record.answer else ()
-            self.status.outputs = (_html("<br>".join(lines)),) if lines else ()
+            self.status.outputs = (_markdown("\n\n".join(lines)),) if lines else ()
         self.box.column_finished()
 
 
@@ -209,7 +217,8 @@ def several_bundle(records: list[Record], answer_format: Format, footer: bool) -
         text = bundle.get("text/markdown") or f"<pre>{html.escape(bundle['text/plain'])}</pre>"
         # (The blank lines end the HTML blocks, so that the Markdown between is rendered.)
         markdown.append(
-            f'<div style="flex: 1; min-width: 0">\n\n#### {record.model}\n\n{text}\n\n</div>'
+            f'<div style="flex: 1; min-width: 0">\n\n{bold(record.model)}\n\n'
+            f"{nested_markdown(text)}\n\n</div>"
         )
         plain.append(f"── {record.model} ──\n{bundle['text/plain']}")
     markdown.append("</div>")
@@ -229,10 +238,6 @@ def _line(text: str) -> dict[str, Any]:
     from .widget import _note
 
     return _note(text)
-
-
-def _html(text: str) -> dict[str, Any]:
-    return {"output_type": "display_data", "data": {"text/html": text}, "metadata": {}}
 
 
 def _finished(text: str, box: ColumnsView) -> dict[str, Any]:

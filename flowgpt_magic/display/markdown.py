@@ -157,7 +157,7 @@ def static_bundle(
     first, folded (an HTML ``<details>``); the plain text is the answer's alone."""
     import html
 
-    if not text and not reasoning:
+    if not text and not reasoning and not notice:
         return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
     under, marks = [], []  # the lines under the answer: as plain text, and as HTML
     if footer:
@@ -200,15 +200,56 @@ def _paragraphs(*parts: str) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+#: How reasoning is set apart from the answer, unfolded: grey, behind a rule, indented,
+#: broken between words (an output's <pre> breaks anywhere). (Plain colours: the
+#: frontends' sanitizers drop CSS variables.)
+REASONING_STYLE = (
+    "white-space: pre-wrap; word-break: normal; color: #757575; "
+    "border-left: 3px solid #e0e0e0; padding-left: 1em; margin: 0.5em 0 1em 0"
+)
+
+
 def _folded(reasoning: str) -> str:
     """The model's reasoning, folded: HTML, so that Markdown leaves its text alone."""
     import html
 
     return (
         f"<details><summary>Reasoning ({len(reasoning):,} characters)</summary>\n"
-        f'<pre style="white-space: pre-wrap">{html.escape(reasoning.strip())}</pre>\n'
+        f'<pre style="{REASONING_STYLE}">{html.escape(reasoning.strip())}</pre>\n'
         "</details>"
     )
+
+
+def bold(text: str) -> str:
+    """``text`` in bold Markdown, its Markdown characters escaped (a model's name)."""
+    import re
+
+    return "**" + re.sub(r"([\\`*_\[\]<>~|])", r"\\\1", text) + "**"
+
+
+#: The margins a frontend gives a code block at the top of rendered Markdown, and not to
+#: one inside an HTML block (JupyterLab's ``.jp-RenderedHTMLCommon > pre``).
+CODE_MARGIN = "margin: 1.5em 2em"
+
+
+def nested_markdown(markdown: str) -> str:
+    """``markdown`` to be rendered inside an HTML block (a column): each code block in a
+    block of its own that gives it the margins it has at the top level, so that it looks
+    as it does in a single answer."""
+    lines, fence, out = markdown.split("\n"), "", []
+    for line in lines:
+        if fence:
+            out.append(line)
+            if fence_closes(line, fence):
+                fence = ""
+                out += ["", "</div>", ""]
+        elif fence := fence_opened(line):
+            out += ["", f'<div style="{CODE_MARGIN}">', "", line]
+        else:
+            out.append(line)
+    if fence:
+        out += [fence, "", "</div>"]
+    return "\n".join(out)
 
 
 def _closing_fence(text: str) -> str:

@@ -121,6 +121,26 @@ class Provider:
         raise NotImplementedError
 
     @classmethod
+    def available(cls, **options: Any) -> bool:
+        """Whether asking it, with these ``options``, can answer here."""
+        return cls.working
+
+    @classmethod
+    def unavailable(cls, **options: Any) -> str:
+        """Why it cannot answer here, in a few words (when ``available`` says so)."""
+        return "not working"
+
+    @classmethod
+    def max_output_tokens(cls, model: str, **options: Any) -> int | None:
+        """The most tokens ``model`` writes in one answer, where that is known."""
+        return None
+
+    @classmethod
+    def on_this_computer(cls, **options: Any) -> bool:
+        """Whether the model runs on this computer (and so costs nothing to ask)."""
+        return False
+
+    @classmethod
     def takes_images(cls, **options: Any) -> bool:
         """Whether a message may hold images, with these ``options`` (see ``images``)."""
         return cls.images

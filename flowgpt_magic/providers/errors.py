@@ -18,6 +18,7 @@ from ..exceptions import (
     ConnectionFailedError,
     ConnectionLostError,
     HTTPStatusError,
+    ImagesRefusedError,
     RequestFailedError,
     ResponseTimeoutError,
     redact_url,
@@ -155,8 +156,10 @@ async def status_error(
         what_to_do = advice.get(401, what_to_do)
     elif status in (400, 500) and _REFUSED_IMAGE.search(excerpt):  # (llama.cpp: a 500)
         refused, what_to_do = True, NO_IMAGES
+        excerpt = excerpt.split(" - hint:")[0]  # (llama.cpp's hint says what ours says)
     detail = f": {excerpt.rstrip('.')}" if excerpt else ""
-    return HTTPStatusError(
+    kind = ImagesRefusedError if what_to_do == NO_IMAGES else HTTPStatusError
+    return kind(
         f"{_capital(label) or host_of(url)} answered {status} {response.reason or ''}".rstrip()
         + f"{detail}. {what_to_do}",
         status=status,
@@ -178,8 +181,8 @@ _REFUSED_KEY = re.compile(
 _REFUSED_IMAGE = re.compile(r"image|multimodal|mmproj|vision", re.IGNORECASE)
 NO_IMAGES = (
     "This model takes no images: ask one that sees them (a vision model; llama.cpp needs "
-    "its --mmproj file too), or leave the images out (--no-history, if they are in the "
-    "conversation)."
+    "its --mmproj file too), or leave the image out. Later cells to this model leave the "
+    "conversation's images out."
 )
 
 

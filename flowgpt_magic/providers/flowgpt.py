@@ -34,13 +34,19 @@ USER_AGENT = (
     "Chrome/131.0.0.0 Safari/537.36"
 )
 _DEVICE_ID_ALPHABET = string.ascii_lowercase + string.digits
-#: Said when FlowGPT's own endpoint fails.
-UPSTREAM_GONE = (
-    "FlowGPT's public endpoint has not worked upstream since 2024 (g4f marked its provider "
-    "not working, and removed it in 2025). For real answers, ask an OpenAI-compatible "
-    "server (-m openai:MODEL, with %config OpenAI.base_url); for offline ones, the "
-    "bundled server (python -m flowgpt_magic.server, then set FLOWGPT_API_URL)."
-)
+
+
+def upstream_gone() -> str:
+    """What is said when FlowGPT's own endpoint fails: that it is gone, and first the way
+    that works here (the local model, when it is installed)."""
+    from ..llama import local_model_installed
+
+    gone = "FlowGPT's public endpoint has not worked since 2024 (g4f removed it in 2025)."
+    local = "a model on this computer, installed here: %flowgpt_model local"
+    server = "an OpenAI-compatible server: -m openai:MODEL, with %config OpenAI.base_url"
+    if local_model_installed():
+        return f"{gone} Ask {local}; or {server}."
+    return f"{gone} Ask {server}; or a model on this computer (pip install 'flowgpt-magic[local]')."
 
 
 class FlowGpt(Provider):
@@ -85,6 +91,19 @@ class FlowGpt(Provider):
     }
 
     @classmethod
+    def available(cls, api_url: str | None = None, **options: Any) -> bool:
+        """FlowGPT's own endpoint is gone; another that speaks its protocol (the bundled
+        server) answers."""
+        try:
+            return cls.endpoint(api_url) != cls.api_endpoint
+        except FlowGptError:
+            return False
+
+    @classmethod
+    def unavailable(cls, **options: Any) -> str:
+        return "its public endpoint has not worked since 2024"
+
+    @classmethod
     def endpoint(cls, api_url: str | None = None, **options: Any) -> str:
         """The chat endpoint in use: ``api_url``, else ``$FLOWGPT_API_URL``, else FlowGPT's."""
         return resolve_endpoint(
@@ -110,7 +129,7 @@ class FlowGpt(Provider):
         temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
         body = build_body(model, messages, temperature)
         url = cls.endpoint(api_url=api_url)
-        advice = UPSTREAM_GONE if url == cls.api_endpoint else ""
+        advice = upstream_gone() if url == cls.api_endpoint else ""
         return HttpRequest(url, signed_headers(), body, advice=advice)
 
     @classmethod

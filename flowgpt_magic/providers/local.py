@@ -15,7 +15,7 @@ from traitlets import Int, Unicode
 from traitlets.config import Configurable
 
 from ..exceptions import ConfigurationError, InvalidRequestError
-from ..llama import MODEL_ENV, LlamaServer
+from ..llama import MODEL_ENV, LlamaServer, check_llama_cpp
 from .base import Provider
 from .checks import Messages
 from .http import HttpRequest
@@ -112,6 +112,32 @@ class LocalLlama(Provider):
     def get_model(cls, model: str | None) -> str:
         """Any name: llama.cpp answers with the one model it serves."""
         return "" if not model else OpenAICompatible.get_model(model)
+
+    @classmethod
+    def available(cls, server: LlamaServer | None = None, **options: Any) -> bool:
+        return not cls.unavailable(server)
+
+    @classmethod
+    def unavailable(cls, server: LlamaServer | None = None, **options: Any) -> str:
+        """Why it cannot answer here: llama.cpp or the model is not installed ("" if it can)."""
+        try:
+            check_llama_cpp()
+            if server is not None:
+                server.model.stat()
+        except (ConfigurationError, OSError) as error:
+            return str(error).rstrip(".")
+        return ""
+
+    @classmethod
+    def max_output_tokens(
+        cls, model: str, server: LlamaServer | None = None, **options: Any
+    ) -> int | None:
+        """The model's context: the prompt and the answer share it."""
+        return None if server is None else server.context_size
+
+    @classmethod
+    def on_this_computer(cls, **options: Any) -> bool:
+        return True
 
     @classmethod
     def takes_images(cls, server: LlamaServer | None = None, **options: Any) -> bool:

@@ -78,6 +78,26 @@ class OpenAICompatible(Provider):
         429: "The server is rate limiting, or the account is out of quota; wait and try again.",
     }
 
+    #: The most tokens OpenAI's own models write in one answer (as OpenAI documents them).
+    MAX_OUTPUT: ClassVar[dict[str, int]] = {
+        "gpt-4o-mini": 16_384,
+        "gpt-4o": 16_384,
+        "gpt-4.1-mini": 32_768,
+        "gpt-4.1": 32_768,
+        "o4-mini": 100_000,
+    }
+
+    @classmethod
+    def max_output_tokens(cls, model: str, **options: Any) -> int | None:
+        return cls.MAX_OUTPUT.get(model)
+
+    @classmethod
+    def on_this_computer(cls, base_url: str | None = None, **options: Any) -> bool:
+        """Whether the server is on this computer (Ollama, llama.cpp, LM Studio)."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(cls.endpoint(base_url)).hostname in ("localhost", "127.0.0.1", "::1")
+
     @classmethod
     def get_model(cls, model: str | None) -> str:
         """Any model name: the server decides which it serves (and says so with a 404)."""
