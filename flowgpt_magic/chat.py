@@ -1,13 +1,14 @@
-"""A notebook's chat with the models: its conversation, what its requests cost, the loop
-its answers run on and their HTTP session. ``ask`` sends a request, streams the answer into
-a view, and records it; ``ask_all`` does so for several models at once, ``ask_in_background``
-from a thread of its own while other cells run. No IPython here: the magics parse a cell,
-call this, and store what comes back.
+"""A notebook's chat with the models: its conversation, what its requests cost, and the
+runner its answers run on. ``ask`` sends a request, streams the answer into a view, and
+records it; ``ask_all`` does so for several models at once; ``ask_in_background`` returns
+at once and lets the answer stream while other cells run. All three are the same: answers
+started on the runner (``runner.py``), each ending by handing its exchange over to the
+cells' thread; a cell that asks in the foreground waits for them, nothing else differs.
+No IPython here: the magics parse a cell, call this, and store what comes back.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,9 @@ from .exceptions import (
     RequestFailedError,
 )
 from .ledger import Ledger, budget_tokens, estimate_tokens, no_price
-from .loop import LoopRunner
 from .record import Record
 from .reply import Reply, View, show_answer, why_no_answer
+from .runner import Job, Runner
 
 if TYPE_CHECKING:
     from .command import ChatRequest
@@ -31,21 +32,19 @@ if TYPE_CHECKING:
 
 
 class Chat:
-    """The conversation, the loop and the HTTP session of one notebook (IPython shell)."""
+    """The conversation and the runner of one notebook (IPython shell)."""
 
     def __init__(self) -> None:
         self._conversation = Conversation()
         self._ledger = Ledger()  # what the requests used, by model
-        self._runner = LoopRunner()
+        self._runner = Runner()
         self._asked = 0  # requests asked so far
-        # The answers streaming in the background: their label, thread, and stop.
-        self._background: dict[Any, tuple[str, Any, Callable[[], None]]] = {}
-        # Background answers that ended, for the cells' thread to take in (appended by
-        # their threads; a deque's append and popleft are atomic).
+        #: The answers streaming in the background, and their labels.
+        self._background: dict[Job[Any], str] = {}
+        #: Answers that ended, for the cells' thread to take in (appended on the runner's
+        #: thread; a deque's append and popleft are atomic).
         self._ended: deque[Callable[[], None]] = deque()
         self._no_images: set[str] = set()  # models that refused images here
-        self._session: Any = None  # aiohttp.ClientSession, made on first use
-        self._session_loop: Any = None
 
     @property
     def conversation(self) -> Conversation:
@@ -58,9 +57,9 @@ class Chat:
         return self._ledger
 
     def _settle(self) -> None:
-        """Take in the background answers that have ended. Done on each read, not left to
-        a callback on the cells' loop: once a box shows its answer finished, the very
-        next cell finds it in the conversation."""
+        """Take in the answers that have ended. Done on each read, not left to a callback:
+        once a box shows its answer finished, the very next cell finds it in the
+        conversation."""
         while self._ended:
             self._ended.popleft()()
 
@@ -72,103 +71,79 @@ class Chat:
         what had arrived stays in the view. Raises our own errors only: the request's,
         :class:`AnswerInterrupted`, or a :class:`RequestFailedError` for no text at all.
         """
-        answer, reply = self._send(request, view)
-        asked = self._ask_next()
-        try:
-            self._runner.run(show_answer(answer, view, reply))
-        except KeyboardInterrupt:
-            raise AnswerInterrupted(sum(map(len, view.pieces))) from None
-        finally:
-            self._learn(reply)
-        record = reply.final
-        if not record.answer:
-            raise RequestFailedError(record.error or why_no_answer(record))
-        self._remember(request, record, asked)
+        (record,) = self.ask_all([request], [view])
         return record
 
     def ask_all(self, requests: list[ChatRequest], views: list[View]) -> list[Record]:
         """Send every request at once, each streaming into its view; a model that fails
         says so in its own view while the others go on. The conversation goes on with
         the first's answer. Raises :class:`AnswerInterrupted` (for all of them), or the
-        first error if none answered."""
-        import asyncio
-
-        pairs = list(zip(requests, views, strict=True))
-        streams, replies = map(list, zip(*(self._send(r, v) for r, v in pairs), strict=True))
-        asked = self._ask_next()
-
-        async def everyone() -> list[Any]:
-            answers = zip(streams, views, replies, strict=True)
-            return await asyncio.gather(*(show_answer(*a) for a in answers), return_exceptions=True)
-
+        first error if none answered (the only one's, asked alone)."""
+        job, replies = self._start(requests, views)
         try:
-            results = self._runner.run(everyone())
+            results = self._runner.wait(job)
         except KeyboardInterrupt:
-            raise AnswerInterrupted(sum(len(p) for view in views for p in view.pieces)) from None
+            raise AnswerInterrupted(sum(len(p) for r in replies for p in r.pieces)) from None
         finally:
-            for reply in replies:
-                self._learn(reply)
+            self._settle()
         records = [reply.final for reply in replies]
+        if len(records) == 1 and isinstance(results[0], FlowGptError):
+            raise results[0]
         if not any(record.answer for record in records):
             first = results[0]
             if isinstance(first, FlowGptError):
                 raise first
             raise RequestFailedError(records[0].error or why_no_answer(records[0]))
-        if records[0].outcome == "complete":
-            self._remember(replies[0].request, records[0], asked)
         return records
 
     def ask_in_background(self, request: ChatRequest, view: View, label: str) -> Callable[[], None]:
-        """Send ``request`` and return at once; the answer streams into ``view`` from a
-        thread of its own (with its own loop and connection), so that it goes on while
+        """Send ``request`` and return at once; the answer streams into ``view`` while
         other cells run, even cells that keep the kernel busy. It joins the conversation
-        when it completes, after the exchanges asked before it (on the loop that runs the
-        cells, between them). Its failure is the view's to show. Returns what stops it.
-        ``label`` names it while it streams (``background``)."""
-        import asyncio
-        import threading
-
-        main = self._runner.loop()
-        answer, reply = self._send(request, view, session=None)  # (a session is one loop's)
-        asked = self._ask_next()
-        loop = asyncio.new_event_loop()
-
-        def over() -> None:  # (on the cells' thread)
-            self._background.pop(task, None)
-            self._learn(reply)
-            if reply.final.outcome == "complete":
-                self._remember(reply.request, reply.final, asked)
-
-        task = loop.create_task(
-            show_answer(answer, view, reply, ended=lambda: self._ended.append(over))
-        )
-
-        def stream() -> None:  # (the thread)
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(task)
-            except (FlowGptError, asyncio.CancelledError):
-                pass  # (the view says so; there is no cell to raise it in)
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-                main.call_soon_threadsafe(self._settle)  # (if no cell reads it first)
-
-        def stop() -> None:
-            # (The loop may close between a check and the call: ask, and let it be.)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(task.cancel)
-
-        thread = threading.Thread(target=stream, name=f"flowgpt-{label}", daemon=True)
-        self._background[task] = (label, thread, stop)
-        thread.start()
-        return stop
+        when it completes, after the exchanges asked before it. Its failure is the view's
+        to show. Returns what stops it. ``label`` names it while it streams
+        (``background``)."""
+        job, _ = self._start([request], [view])
+        self._background[job] = label
+        return job.cancel
 
     @property
     def background(self) -> list[str]:
         """The labels of the answers still streaming in the background."""
         self._settle()
-        return [label for label, _, _ in self._background.values()]
+        return list(self._background.values())
+
+    def _start(
+        self, requests: list[ChatRequest], views: list[View]
+    ) -> tuple[Job[Any], list[Reply]]:
+        """Start the answers to ``requests`` on the runner (checked here first: nothing
+        goes out for a request that cannot be sent); each hands its exchange over when it
+        ends, before its view shows it finished."""
+        import asyncio
+
+        pairs = list(zip(requests, views, strict=True))
+        answers, replies = map(list, zip(*(self._send(r, v) for r, v in pairs), strict=True))
+        asked = self._ask_next()
+        job: Job[Any] | None = None
+
+        def ended(reply: Reply) -> Callable[[], None]:
+            def take() -> None:  # (on the cells' thread)
+                self._learn(reply)
+                if reply is replies[0] and reply.final.outcome == "complete":
+                    self._remember(reply.request, reply.final, asked)
+                if job is not None and all(r.ended for r in replies):
+                    self._background.pop(job, None)
+
+            return lambda: self._ended.append(take)
+
+        async def everyone() -> list[Any]:
+            streams = (
+                show_answer(a, v, r, ended(r))
+                for a, v, r in zip(answers, views, replies, strict=True)
+            )
+            return await asyncio.gather(*streams, return_exceptions=True)
+
+        job = self._runner.submit(everyone())
+        return job, replies
 
     def _learn(self, reply: Reply) -> None:
         """What an answer that ended teaches: what it cost, whether its model takes images."""
@@ -187,12 +162,9 @@ class Chat:
                 self._conversation.reset()
             self._conversation.add(record, asked)
 
-    def _send(
-        self, request: ChatRequest, view: View, session: Any = True
-    ) -> tuple[AsyncResult, Reply]:
-        """The answer stream (checked now, sent when it is read; on the notebook's pooled
-        session, unless ``session`` is None: the stream's own, another loop's), and the
-        reply it makes, with the request as it is sent (within its cost limit)."""
+    def _send(self, request: ChatRequest, view: View) -> tuple[AsyncResult, Reply]:
+        """The answer stream (checked now, sent when it is read, on the runner's session),
+        and the reply it makes, with the request as it is sent (within its cost limit)."""
         delivery = request.delivery
         messages = request.messages(self.context(request))
         request = self._within_cost(request, messages)
@@ -205,9 +177,7 @@ class Chat:
             first_piece_timeout=delivery.first_piece_timeout,
             connect_timeout=delivery.connect_timeout,
             retries=delivery.retries,
-            on_retry=view.retrying,
-            on_progress=view.progress,
-            session=self._http_session() if session is True else session,
+            session=self._runner.session(),
             **request.options,
         )
         return answer, Reply(request, estimate_tokens(messages))
@@ -269,28 +239,6 @@ class Chat:
         return self._runner.run(coroutine)
 
     def close(self) -> None:
-        """Stop the answers still streaming in the background, then close the session."""
-        background = list(self._background.values())
-        for _, _, stop in background:
-            stop()
-        for _, thread, _ in background:
-            thread.join(timeout=10)
-        if self._session is not None and not self._session.closed:
-            self._runner.run(self._session.close())
+        """Stop the answers still streaming, close the session, end the runner's thread."""
         self._runner.close()
-
-    def _http_session(self) -> Any:
-        """One aiohttp session for every cell, so connections are reused between cells.
-
-        It belongs to the loop that runs the cells, and is made anew if that changes.
-        """
-        loop = self._runner.loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-
-            async def new_session() -> Any:
-                import aiohttp
-
-                return aiohttp.ClientSession()
-
-            self._session, self._session_loop = self._runner.run(new_session()), loop
-        return self._session
+        self._settle()

@@ -12,20 +12,25 @@ from typing import TYPE_CHECKING, Protocol
 
 from .exceptions import FlowGptError, RequestFailedError
 from .ledger import cost_of
-from .providers.events import Event, Finish, Reasoning, ServedBy, ToolCall, Usage
+from .providers.events import (
+    Event,
+    Finish,
+    Progress,
+    Reasoning,
+    RetryNotice,
+    ServedBy,
+    ToolCall,
+    Usage,
+)
 from .record import Outcome, Record
 
 if TYPE_CHECKING:
     from .command import ChatRequest
     from .providers import AsyncResult
-    from .providers.http import RetryNotice
 
 
 class View(Protocol):
     """Where an answer is shown while it streams (see ``display``)."""
-
-    #: Every text piece so far.
-    pieces: list[str]
 
     def begin(self) -> None:
         """The request is going out (called in the loop that runs it)."""
@@ -70,17 +75,17 @@ async def show_answer(
         error, reply.failure = str(failure), failure
         raise
     finally:
-        record = reply.record(view.pieces, outcome, error)
+        record = reply.record(outcome, error)
         if outcome == "complete" and not record.answer:  # (nothing to keep: it failed)
             record = record._replace(outcome="failed", error=why_no_answer(record))
-        reply.final = record
+        reply.final, reply.ended = record, True
         if ended is not None:
             ended()
         view.finish(record)
 
 
 async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
-    extend = view.extend
+    keep, show = reply.pieces.extend, view.extend
     view.begin()
     async with aclosing(answer):
         items = answer.batches()  # text a list a read: no step per piece
@@ -88,14 +93,16 @@ async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
             if item.__class__ is list:
                 if reply.first_piece is None:  # (unless reasoning came first)
                     reply.first_piece = time.monotonic() - reply.started
-                extend(item)
+                keep(item)
+                show(item)
                 view.started()
                 break
             reply.take(item, view)  # type: ignore[arg-type]
         # The hot loop: the view shows the pieces on its own clock.
         async for item in items:
             if item.__class__ is list:
-                extend(item)
+                keep(item)
+                show(item)
             else:
                 reply.take(item, view)  # type: ignore[arg-type]
 
@@ -135,6 +142,10 @@ class Reply:
         estimated at (to learn from what the server counts)."""
         self.request = request
         self.estimated = estimated
+        #: The answer's text, every piece of it so far.
+        self.pieces: list[str] = []
+        #: The record is final (the answer has ended, however).
+        self.ended = False
         self.final = Record(request.prompt, "", request.model, outcome="failed")
         self.started = time.monotonic()
         self.first_piece: float | None = None
@@ -160,9 +171,13 @@ class Reply:
                 self.served_by = model
             case ToolCall():
                 self.tool_calls.append(event)
+            case RetryNotice():
+                view.retrying(event)
+            case Progress(text=text):
+                view.progress(text)
 
-    def record(self, pieces: list[str], outcome: Outcome, error: str | None = None) -> Record:
-        request = self.request
+    def record(self, outcome: Outcome, error: str | None = None) -> Record:
+        request, pieces = self.request, self.pieces
         record = Record(
             prompt=request.prompt,
             answer="".join(pieces),

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from kernels import Kernel, started
 from real_servers import RunningServer, free_port, start_litellm, start_llama
 
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.server import LocalServer
+from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer
 
 
 @pytest.fixture
@@ -25,6 +26,24 @@ def shell(flowgpt_server: LocalServer) -> Iterator[InteractiveShell]:
     # the next test from a clean one.
     for section in ("FlowGptMagics", "OpenAI"):
         ip.config.pop(section, None)
+
+
+@pytest.fixture
+def kernel_setup() -> str:
+    """Cells a module's kernels run after loading the extension (override it)."""
+    return ""
+
+
+@pytest.fixture
+def kernel(
+    flowgpt_server: LocalServer, kernel_setup: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Kernel]:
+    """A real kernel with the extension loaded, its servers the bundled one's (FlowGPT's,
+    and OpenAI's dialect), as a notebook's are."""
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    monkeypatch.setenv("OPENAI_BASE_URL", base)  # (a kernel has the environment it starts in)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    yield from started(kernel_setup)
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager, start_new_kernel
+from kernels import Execution, Kernel, finish
 from messages import said
-from test_kernel import Execution, finish
 
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.record import record_in
@@ -24,22 +21,11 @@ from flowgpt_magic.server import LocalServer, offline_answer
 CODE_ANSWER = "Here it is:\n\n```python\nprint('hello')\n```\n\nand\n\n```python\nx = 1\n```"
 
 
-@pytest.fixture
-def kernel(flowgpt_server: LocalServer) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_new_kernel(kernel_name="python3")
-    try:
-        assert finish(kc, kc.execute("%load_ext flowgpt_magic")).reply["status"] == "ok"
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
 # -- code into the next cell ----------------------------------------------------------------
 
 
 def test_insert_puts_exactly_the_code_in_a_new_cell_below(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     _km, kc = kernel
     run = finish(kc, kc.execute(f"%%flowgpt --insert\n/echo\n{CODE_ANSWER}"))
@@ -85,7 +71,7 @@ def history(kc: BlockingKernelClient) -> list[str]:
 
 
 def test_a_background_answer_streams_on_while_other_cells_run(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.hold = hold = threading.Event()  # (until it is let go)
@@ -95,9 +81,9 @@ def test_a_background_answer_streams_on_while_other_cells_run(
     assert started.reply["status"] == "ok"
     assert flowgpt_server.state.completed == 0
     shown = display_id(started)
-    deadline = time.monotonic() + 30
-    while "word2" not in str(kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))):
-        pass  # (until its first pieces are on screen: the server holds the rest)
+    deadline, seen = time.monotonic() + 30, str(started.messages)
+    while "word2" not in seen:  # (until its first pieces are on screen: the rest are held)
+        seen = str(kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic())))
 
     other = finish(kc, kc.execute("x = 6 * 7\nprint(x)"))
     assert "".join(m["content"]["text"] for m in other.of_type("stream")) == "42\n"
@@ -121,7 +107,7 @@ def test_a_background_answer_streams_on_while_other_cells_run(
 
 
 def test_several_background_answers_at_once_each_into_its_box(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
@@ -149,7 +135,7 @@ def click(kc: BlockingKernelClient, comm_id: str) -> None:
 
 
 def test_the_stop_button_of_a_background_answer_stops_it_and_records_nothing(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
@@ -175,7 +161,7 @@ def test_the_stop_button_of_a_background_answer_stops_it_and_records_nothing(
 
 
 def test_unloading_the_extension_stops_background_answers_and_leaves_no_task(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.01

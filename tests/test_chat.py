@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 
 import pytest
@@ -61,7 +62,7 @@ def test_an_interrupted_answer_keeps_its_text_on_screen_and_out_of_the_conversat
             super().extend(pieces)
             if len(self.pieces) >= 3 and not self.pressed:
                 self.pressed = True
-                signal.raise_signal(signal.SIGINT)  # Ctrl-C, or the kernel's stop button
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, or the kernel's stop button
 
         pressed = False
 

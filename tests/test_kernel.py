@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nbformat
-import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager, start_new_kernel
+from kernels import Execution, Kernel, contents, finish
 from messages import said
 from nbclient import NotebookClient
 
@@ -103,59 +100,8 @@ def test_a_notebook_holds_a_conversation(flowgpt_server: LocalServer) -> None:
 # -- single cells with jupyter_client -----------------------------------------------------
 
 
-@dataclass
-class Execution:
-    reply: dict[str, Any]
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-    def of_type(self, *types: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["msg_type"] in types]
-
-
-@pytest.fixture
-def kernel(flowgpt_server: LocalServer) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_new_kernel(kernel_name="python3")
-    try:
-        assert finish(kc, kc.execute("%load_ext flowgpt_magic")).reply["status"] == "ok"
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-def finish(kc: BlockingKernelClient, msg_id: str, timeout: float = 60) -> Execution:
-    """Collect the iopub messages of one execution until the kernel is idle again."""
-    deadline = time.monotonic() + timeout
-    execution = Execution(reply={})
-    while True:
-        message = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if message["parent_header"].get("msg_id") != msg_id:
-            continue
-        execution.messages.append(message)
-        if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
-            break
-    while True:  # its own reply: not one left over from an earlier request
-        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if reply["parent_header"].get("msg_id") == msg_id:
-            execution.reply = reply["content"]
-            return execution
-
-
-def contents(messages: list[dict[str, Any]], mime: str) -> list[str]:
-    """The texts of ``mime`` in display messages and in widgets' new ``outputs``."""
-    found = []
-    for message in messages:
-        content = message["content"]
-        if message["msg_type"] == "comm_msg":
-            outputs = content["data"].get("state", {}).get("outputs", [])
-            found += [o["data"][mime] for o in outputs if mime in o.get("data", {})]
-        elif mime in content.get("data", {}):
-            found.append(content["data"][mime])
-    return found
-
-
 def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.min_pieces = 10_000
@@ -200,7 +146,7 @@ def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
 
 
 def test_an_answer_complete_before_the_live_view_is_due_is_shown_once(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     # The live view is due soon after the request (display.widget.SHOW_AFTER); put it off, so that
@@ -224,7 +170,7 @@ SECTION = (
 
 
 def test_markdown_streams_as_finished_blocks_and_one_growing_tail(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.001
@@ -252,7 +198,7 @@ def test_markdown_streams_as_finished_blocks_and_one_growing_tail(
 
 
 def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
@@ -302,7 +248,7 @@ def test_interrupt_stops_the_answer_and_the_kernel_carries_on(
 
 
 def test_the_waiting_line_says_when_a_request_is_retried(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     options = flowgpt_server.state.options
@@ -322,7 +268,7 @@ def test_the_waiting_line_says_when_a_request_is_retried(
 
 
 def test_reasoning_streams_open_above_the_answer_then_folds(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.02  # slow enough for a live view
@@ -378,7 +324,7 @@ def test_reasoning_streams_open_above_the_answer_then_folds(
 
 
 def test_a_key_entered_as_a_password_is_used_and_never_shown(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     key = "sk-typed-in-a-password-box-0123"
@@ -417,7 +363,7 @@ def execute_in_cell(kc: BlockingKernelClient, code: str, cell_id: str) -> Execut
 
 
 def test_a_notebook_cell_run_twice_leaves_one_exchange(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     for prompt in ("First try", "Second try"):

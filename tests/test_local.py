@@ -3,7 +3,6 @@ process of its own, through the magics, in a shell and in real kernels."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,11 +17,9 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager, start_new_kernel
+from kernels import Kernel, finish, kernel_value
 from messages import said
 from real_servers import RunningServer, smollm2_gguf
-from test_kernel import finish
 
 from flowgpt_magic.magics import FlowGptMagics
 
@@ -194,24 +191,8 @@ def test_without_llama_cpp_the_line_says_what_to_install() -> None:
 
 
 @pytest.fixture
-def kernel(gguf: Path) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_new_kernel(kernel_name="python3")
-    try:
-        setup = (
-            "%load_ext flowgpt_magic\n"
-            f"%config Local.model_path = {str(gguf)!r}\n"
-            "%config Local.threads = 1"
-        )
-        assert finish(kc, kc.execute(setup)).reply["status"] == "ok"
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-def kernel_value(kc: BlockingKernelClient, expression: str) -> Any:
-    run = finish(kc, kc.execute(f"print(__import__('json').dumps({expression}))"))
-    return json.loads("".join(m["content"]["text"] for m in run.of_type("stream")))
+def kernel_setup(gguf: Path) -> str:
+    return f"%config Local.model_path = {str(gguf)!r}\n%config Local.threads = 1"
 
 
 SERVER = (
@@ -220,7 +201,7 @@ SERVER = (
 
 
 def test_answers_stream_and_the_stop_button_frees_the_model_at_once(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     km, kc = kernel
     first = finish(kc, kc.execute("%%flowgpt -m local -f text -p max_tokens=60\nTell me a story."))
@@ -271,7 +252,7 @@ def listener_of(port: int) -> int | None:
 
 
 def test_the_local_model_s_server_answers_this_kernel_alone(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     _km, kc = kernel
     assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
@@ -310,7 +291,7 @@ def test_the_local_model_s_server_answers_this_kernel_alone(
 
 
 def test_a_settings_change_leaves_a_streaming_answer_alone(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     _km, kc = kernel
     assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
@@ -339,7 +320,7 @@ def test_a_settings_change_leaves_a_streaming_answer_alone(
 
 
 def test_shutting_the_kernel_down_leaves_no_process(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     km, kc = kernel
     assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"
@@ -353,7 +334,7 @@ def test_shutting_the_kernel_down_leaves_no_process(
 
 
 def test_a_killed_kernel_leaves_no_process_either(
-    kernel: tuple[KernelManager, BlockingKernelClient],
+    kernel: Kernel,
 ) -> None:
     _km, kc = kernel
     assert finish(kc, kc.execute("%%flowgpt -m local -p max_tokens=5\nHi")).reply["status"] == "ok"

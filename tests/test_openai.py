@@ -23,7 +23,7 @@ from flowgpt_magic import (
     ResponseTimeoutError,
 )
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.providers import AsyncResult, Finish, Reasoning, ServedBy, Usage
+from flowgpt_magic.providers import AsyncResult, Finish, Reasoning, RetryNotice, ServedBy, Usage
 from flowgpt_magic.server import OPENAI_MODELS, OPENAI_PATH, PATH, LocalServer, answer_pieces
 
 RawServerFactory = Callable[..., Awaitable[RawTestServer]]
@@ -431,12 +431,12 @@ async def test_a_server_that_refuses_stream_options_is_asked_again_without(
         )
 
     server = await aiohttp_raw_server(handler)
-    notices: list[object] = []
-    pieces = await collect(
-        OpenAICompatible.create_async_generator(
-            "m", MESSAGES, base_url=str(server.make_url("/v1")), on_retry=notices.append
-        )
+    answer = OpenAICompatible.create_async_generator(
+        "m", MESSAGES, base_url=str(server.make_url("/v1"))
     )
+    events = [event async for event in answer.events()]
+    pieces = [event for event in events if isinstance(event, str)]
+    notices = [event for event in events if isinstance(event, RetryNotice)]
     assert pieces == ["Hi"]
     assert ["stream_options" in body for body in bodies] == [True, False]
     assert notices == []  # not a retry: a request the server can take

@@ -22,7 +22,7 @@ from real_servers import MASTER_KEY, RunningServer
 
 from flowgpt_magic import OpenAICompatible, RequestFailedError, ResponseTimeoutError
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.providers import Finish, Reasoning, ServedBy, Usage
+from flowgpt_magic.providers import Finish, Reasoning, RetryNotice, ServedBy, Usage
 from flowgpt_magic.record import dollars
 
 QUESTION = [{"role": "user", "content": "Name three colours, one word each."}]
@@ -251,8 +251,8 @@ async def test_keep_alive_comments_do_not_keep_a_silent_model_alive(llama: Runni
 
 
 def established_with(port: int, state: str) -> bool:
-    """Whether a loopback TCP connection to ``port`` is in ``state`` ("08": CLOSE_WAIT,
-    the server has closed its side and we have not yet)."""
+    """Whether a loopback TCP connection to ``port`` is in ``state`` ("01": ESTABLISHED;
+    "08": CLOSE_WAIT, the server has closed its side and we have not yet)."""
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     return any(
         line.split()[2].endswith(f":{port:04X}") and line.split()[3] == state for line in lines
@@ -266,14 +266,16 @@ def test_a_cell_after_the_server_closed_its_idle_connection_goes_out_fresh(
     litellm: RunningServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # uvicorn closes a connection idle for 5 s. In terminal IPython (as here: no loop runs
-    # between cells) the next cell used to be sent on it: a false retry, or a failure.
+    # uvicorn closes a connection idle for 5 s. When no loop ran between cells (terminal
+    # IPython, before answers had a thread of their own) the next cell was sent on it: a
+    # false retry, or a failure. Now the answers' loop runs on, and closes its side at once.
     magics = pointed_at(litellm, MASTER_KEY)
     magics.retries = 0
     assert cell(shell, "-m openai:mock-gpt", "One") is None
+    assert established_with(litellm.port, "01")  # (kept alive for the next cell)
     deadline = time.monotonic() + 20
-    while not established_with(litellm.port, "08"):
-        assert time.monotonic() < deadline, "the server kept the connection open"
+    while established_with(litellm.port, "01") or established_with(litellm.port, "08"):
+        assert time.monotonic() < deadline, "the connection was not closed"
         time.sleep(0.2)  # (waiting for the server's own idle timeout)
     assert cell(shell, "-m openai:mock-gpt", "Two") is None
     assert "Trying again" not in capsys.readouterr().err
@@ -323,10 +325,15 @@ async def test_a_refused_key_says_so_however_the_server_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    notices: list[object] = []
+    events: list[object] = []
+    answer = OpenAICompatible.create_async_generator(
+        "mock-gpt", QUESTION, base_url=litellm.base_url, api_key=key, retries=1
+    )
     with pytest.raises(RequestFailedError) as caught:
-        await ours(litellm, "mock-gpt", key, on_retry=notices.append, retries=1)
+        async for event in answer.events():
+            events.append(event)
     assert f"answered {status} " in str(caught.value) and words in str(caught.value)
+    notices = [event for event in events if isinstance(event, RetryNotice)]
     assert key is None or notices == []  # a refused key is not tried again
 
 

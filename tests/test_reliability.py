@@ -21,16 +21,27 @@ from flowgpt_magic import (
     ResponseTimeoutError,
 )
 from flowgpt_magic.magics import FlowGptMagics
-from flowgpt_magic.providers.http import RetryNotice
+from flowgpt_magic.providers import AsyncResult, RetryNotice
 from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer
 
 USER = [{"role": "user", "content": "Hello"}]
 ERRORS_DOC = Path(__file__).parent.parent / "docs" / "errors.md"
 
 
-async def collect(result: AsyncIterator[str], pieces: list[str]) -> None:
-    async for piece in result:
-        pieces.append(piece)
+async def collect(
+    result: AsyncIterator[str], pieces: list[str], notices: list[RetryNotice] | None = None
+) -> None:
+    """The answer's text into ``pieces``; with ``notices``, its retry notices there too."""
+    if notices is None:
+        async for piece in result:
+            pieces.append(piece)
+        return
+    assert isinstance(result, AsyncResult)
+    async for event in result.events():
+        if isinstance(event, RetryNotice):
+            notices.append(event)
+        elif isinstance(event, str):
+            pieces.append(event)
 
 
 # -- retries ------------------------------------------------------------------------------
@@ -43,9 +54,7 @@ async def test_a_503_is_retried_after_its_retry_after_and_then_answers(
     options.fault, options.fault_times, options.retry_after = "status-503", 2, 0.05
     notices: list[RetryNotice] = []
     pieces: list[str] = []
-    await collect(
-        FlowGpt.create_async_generator("gpt-3.5-turbo", USER, on_retry=notices.append), pieces
-    )
+    await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER), pieces, notices)
     assert "".join(pieces).startswith("[Offline answer")
     assert [(n.attempt, n.retries, n.delay) for n in notices] == [(1, 2, 0.05), (2, 2, 0.05)]
     assert "answered 503 Service Unavailable" in notices[0].reason
@@ -59,9 +68,7 @@ async def test_retry_after_is_capped(
     options = flowgpt_server.state.options
     options.fault, options.fault_times, options.retry_after = "status-429", 1, 3600
     notices: list[RetryNotice] = []
-    await collect(
-        FlowGpt.create_async_generator("gpt-3.5-turbo", USER, on_retry=notices.append), []
-    )
+    await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER), [], notices)
     assert [n.delay for n in notices] == [0.1]
 
 
@@ -70,9 +77,7 @@ async def test_client_errors_are_not_retried(flowgpt_server: LocalServer, status
     flowgpt_server.state.options.fault = f"status-{status}"
     notices: list[RetryNotice] = []
     with pytest.raises(HTTPStatusError):
-        await collect(
-            FlowGpt.create_async_generator("gpt-3.5-turbo", USER, on_retry=notices.append), []
-        )
+        await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER), [], notices)
     assert notices == [] and len(flowgpt_server.state.requests) == 1
 
 
@@ -82,10 +87,9 @@ async def test_refused_connections_are_retried_after_growing_jittered_pauses() -
     notices: list[RetryNotice] = []
     with pytest.raises(ConnectionFailedError, match="connection refused"):
         await collect(
-            FlowGpt.create_async_generator(
-                "gpt-3.5-turbo", USER, api_url=url, on_retry=notices.append
-            ),
+            FlowGpt.create_async_generator("gpt-3.5-turbo", USER, api_url=url),
             [],
+            notices,
         )
     first, second = (n.delay for n in notices)
     assert 0.25 <= first <= 0.5 and 0.5 <= second <= 1.0
@@ -96,9 +100,7 @@ async def test_nothing_is_retried_once_text_has_arrived(flowgpt_server: LocalSer
     notices: list[RetryNotice] = []
     pieces: list[str] = []
     with pytest.raises(ConnectionLostError, match="broke while the answer was streaming"):
-        await collect(
-            FlowGpt.create_async_generator("gpt-3.5-turbo", USER, on_retry=notices.append), pieces
-        )
+        await collect(FlowGpt.create_async_generator("gpt-3.5-turbo", USER), pieces, notices)
     assert len(pieces) == 3 and notices == [] and len(flowgpt_server.state.requests) == 1
 
 

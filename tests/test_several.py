@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager
+from kernels import Kernel, finish
 from messages import said
-from test_kernel import finish
 
 from flowgpt_magic import AnswerInterrupted
 from flowgpt_magic.magics import FlowGptMagics
@@ -159,21 +157,6 @@ def test_a_cost_limit_refuses_a_prompt_too_dear_and_limits_the_answer(
 # -- in a real kernel ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kernel(flowgpt_server: LocalServer) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(kernel_name="python3")
-    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
-    try:
-        setup = f"%load_ext flowgpt_magic\n%config OpenAI.base_url = {base!r}"
-        assert finish(kc, kc.execute(setup)).reply["status"] == "ok"
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
 def models_of(run: Any) -> list[str]:
     return [
         m["content"]["data"]["state"]["_model_name"]
@@ -183,7 +166,7 @@ def models_of(run: Any) -> list[str]:
 
 
 def test_columns_stream_side_by_side_then_one_output_holds_every_answer(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
+    kernel: Kernel, flowgpt_server: LocalServer
 ) -> None:
     _km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
@@ -204,9 +187,7 @@ def test_columns_stream_side_by_side_then_one_output_holds_every_answer(
     assert record_in(update["content"]) == records[0]  # (the one the conversation keeps)
 
 
-def test_the_stop_button_stops_every_model(
-    kernel: tuple[KernelManager, BlockingKernelClient], flowgpt_server: LocalServer
-) -> None:
+def test_the_stop_button_stops_every_model(kernel: Kernel, flowgpt_server: LocalServer) -> None:
     km, kc = kernel
     flowgpt_server.state.options.delay = 0.01
     flowgpt_server.state.options.min_pieces = 50_000

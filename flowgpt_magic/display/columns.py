@@ -28,7 +28,7 @@ from .text import TextView, retry_line
 if TYPE_CHECKING:
     import asyncio
 
-    from ..providers.http import RetryNotice
+    from ..providers.events import RetryNotice
 
 #: Seconds between two updates of the columns while answers stream.
 FLUSH_INTERVAL = 1 / 10

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from ..providers.http import RetryNotice
+    from ..providers.events import RetryNotice
     from ..record import Record
 
 #: ANSI: dim text, then plain again.

@@ -31,7 +31,7 @@ from .text import retry_line
 if TYPE_CHECKING:
     import asyncio
 
-    from ..providers.http import RetryNotice
+    from ..providers.events import RetryNotice
     from ..record import Record
 
 #: The MIME type of a widget's view (ipywidgets' protocol version 2).

@@ -13,7 +13,7 @@ from traitlets.config import Configurable
 
 from ..exceptions import InvalidRequestError
 from .base import AsyncResult, Provider
-from .events import Event, Finish, Reasoning, ServedBy, ToolCall, Usage
+from .events import Event, Finish, Progress, Reasoning, RetryNotice, ServedBy, ToolCall, Usage
 from .flowgpt import FlowGpt
 from .local import Local, LocalLlama
 from .openai import OpenAI, OpenAICompatible
@@ -29,9 +29,11 @@ __all__ = [
     "ModelRef",
     "OpenAI",
     "OpenAICompatible",
+    "Progress",
     "Provider",
     "ProviderEntry",
     "Reasoning",
+    "RetryNotice",
     "ServedBy",
     "ToolCall",
     "Usage",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..exceptions import InvalidRequestError, ModelNotFoundError
 from .checks import Messages, check_params, check_temperature, checked_messages
 from .events import Event
-from .http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery, HttpRequest, RetryNotice, check_proxy
+from .http import CONNECT_TIMEOUT, RETRIES, TIMEOUT, Delivery, HttpRequest, check_proxy
 from .stream import Mode, StreamParser, stream
 
 if TYPE_CHECKING:
@@ -62,8 +62,6 @@ class Provider:
         first_piece_timeout: float | None = None,
         connect_timeout: float | None = CONNECT_TIMEOUT,
         retries: int = RETRIES,
-        on_retry: Callable[[RetryNotice], None] | None = None,
-        on_progress: Callable[[str], None] | None = None,
         session: aiohttp.ClientSession | None = None,
         **options: Any,
     ) -> AsyncResult:
@@ -73,13 +71,13 @@ class Provider:
         model's parameters (``max_tokens``, ``top_p``, ``seed``, ``stop``...), sent as they
         are where the protocol takes them. ``timeout`` is how long the server may stay
         silent between pieces, ``first_piece_timeout`` before the first (None: as
-        ``timeout``); nothing limits a whole answer. A request that fails before
-        any text arrived is tried up to ``retries`` more times, and ``on_retry`` is told
-        each time; ``on_progress`` is told what happens before a request can go out (a
-        local model loading). ``session`` is an aiohttp session of the caller's to reuse
-        (left open).
-        ``options`` are the protocol's own (see ``options``). Everything is checked here,
-        before anything is sent; nothing is sent until the answer is read.
+        ``timeout``); nothing limits a whole answer. A request that fails before any text
+        arrived is tried up to ``retries`` more times (``events()`` gives a
+        ``RetryNotice`` before each, and a ``Progress`` for what happens before a request
+        can go out: a local model loading). ``session`` is an aiohttp session of the
+        caller's to reuse (left open). ``options`` are the protocol's own (see
+        ``options``). Everything is checked here, before anything is sent; nothing is
+        sent until the answer is read.
         """
         if unexpected := sorted(options.keys() - set(cls.options)):
             raise InvalidRequestError(
@@ -99,9 +97,7 @@ class Provider:
             endpoint_hint=request.endpoint_hint or cls.endpoint_hint,
             status_advice=request.status_advice or cls.status_advice,
         )
-        delivery = Delivery(
-            timeout, first_piece_timeout, connect_timeout, retries, on_retry, on_progress
-        )
+        delivery = Delivery(timeout, first_piece_timeout, connect_timeout, retries)
         answer = functools.partial(stream, request, cls.parser(), delivery.checked(), session)
         return AsyncResult(answer)
 

@@ -9,7 +9,10 @@ reading it; every other event is a small typed record, rare beside the text:
 - :class:`Finish`: why the model stopped ("stop", or "length" for an answer cut short);
 - :class:`ServedBy`: the model the server says answered, which may not be the one asked;
 - :class:`ToolCall`: a function the model asks to call, with its arguments (whole: the
-  pieces a stream carries them in are joined before it is made).
+  pieces a stream carries them in are joined before it is made);
+- :class:`RetryNotice`: the request failed before any answer, and is about to be tried
+  again; :class:`Progress`: what the request waits for before it can go out (a local
+  model loading). Neither comes from the server: they are the delivery's.
 
 Match on them: ``case str(): ...``, ``case Reasoning(text=t): ...``.
 """
@@ -57,4 +60,19 @@ class ToolCall(NamedTuple):
     arguments: str
 
 
-Event = str | Reasoning | Usage | Finish | ServedBy | ToolCall
+class RetryNotice(NamedTuple):
+    """The request failed before any answer came, and is about to be tried again."""
+
+    attempt: int  # the retry about to be made, from 1
+    retries: int  # how many retries are allowed
+    delay: float  # seconds until it
+    reason: str  # the failure, one sentence
+
+
+class Progress(NamedTuple):
+    """What happens before the request can be sent, for a person (a local model loading)."""
+
+    text: str
+
+
+Event = str | Reasoning | Usage | Finish | ServedBy | ToolCall | RetryNotice | Progress

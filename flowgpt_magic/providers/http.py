@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, HTTPStatusError, RequestFailedError, redact_url
 from .errors import request_failures, status_error, translate_error
+from .events import RetryNotice
 
 if TYPE_CHECKING:
     import aiohttp
@@ -35,15 +36,6 @@ MAX_RETRY_WAIT = 30.0
 LARGE_BODY_BYTES = 1024 * 1024
 
 
-class RetryNotice(NamedTuple):
-    """Told to ``on_retry`` before a failed request is tried again."""
-
-    attempt: int  # the retry about to be made, from 1
-    retries: int  # how many retries are allowed
-    delay: float  # seconds until it
-    reason: str  # the failure, one sentence
-
-
 # Small immutable records here and in the magics' modules are NamedTuples, not frozen
 # dataclasses: a dataclass writes its methods with exec() as the module loads, about 1 ms
 # a class that every %load_ext would pay.
@@ -62,9 +54,6 @@ class Delivery(NamedTuple):
     first_piece_timeout: float | None = None
     connect_timeout: float | None = CONNECT_TIMEOUT
     retries: int = RETRIES
-    on_retry: Callable[[RetryNotice], None] | None = None
-    #: Told what happens before the request can be sent (a local model loading).
-    on_progress: Callable[[str], None] | None = None
 
     def checked(self) -> Delivery:
         for name in ("timeout", "first_piece_timeout", "connect_timeout"):
@@ -182,12 +171,19 @@ def client_timeout(delivery: Delivery) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=delivery.connect_timeout)
 
 
+class Answered(NamedTuple):
+    """The server answered 2xx: its response, and when (the loop's clock) it was asked."""
+
+    response: aiohttp.ClientResponse
+    sent: float
+
+
 async def answering(
     session: aiohttp.ClientSession, request: HttpRequest, delivery: Delivery
-) -> tuple[aiohttp.ClientResponse, float]:
-    """POST the request; the response, once the server answers 2xx, and when (the loop's
-    clock) the request that got it was sent. Failures before that are tried again as
-    ``delivery`` says, and raised as our own errors."""
+) -> AsyncGenerator[RetryNotice | Answered, None]:
+    """POST the request until the server answers 2xx, then yield its response (last).
+    Failures before that are tried again as ``delivery`` says, each retry told by a
+    :class:`RetryNotice` first, and raised as our own errors."""
     import asyncio
     import io
 
@@ -223,7 +219,8 @@ async def answering(
             )
         else:
             if 200 <= response.status < 300:
-                return response, sent
+                yield Answered(response, sent)
+                return
             async with response:
                 failure = await status_error(
                     response, request.url, request.status_advice, label=request.label
@@ -235,8 +232,7 @@ async def answering(
             raise failure.adding(request.advice) from None
         attempt += 1
         delay = retry_delay(attempt, failure)
-        if delivery.on_retry is not None:
-            delivery.on_retry(RetryNotice(attempt, delivery.retries, delay, str(failure)))
+        yield RetryNotice(attempt, delivery.retries, delay, str(failure))
         await asyncio.sleep(delay)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ..exceptions import FlowGptError
 from .errors import request_failures, translate_error
-from .events import Event, Reasoning
-from .http import Delivery, HttpRequest, answering, client_timeout, within
+from .events import Event, Progress, Reasoning
+from .http import Answered, Delivery, HttpRequest, answering, client_timeout, within
 from .lines import LineBuffer
 
 if TYPE_CHECKING:
@@ -74,16 +75,23 @@ async def stream(
     if session is None:
         session = aiohttp.ClientSession(timeout=client_timeout(delivery))
     lease = None if request.ready is None else request.ready(request)
+    answered: Answered | None = None
     try:
         if lease is not None:
             async for step in lease:  # (held until the answer ends: closed below)
-                if isinstance(step, str):
-                    if delivery.on_progress is not None:
-                        delivery.on_progress(step)
-                else:
+                if not isinstance(step, str):
                     request = step
                     break
-        response, sent = await answering(session, request, delivery)
+                if mode != "text":
+                    yield Progress(step)
+        async with aclosing(answering(session, request, delivery)) as attempts:
+            async for attempt in attempts:
+                if isinstance(attempt, Answered):
+                    answered = attempt
+                elif mode != "text":
+                    yield attempt
+        assert answered is not None  # (else answering raised)
+        response, sent = answered
         async with response:
             if response.content_type == "application/json" and hasattr(parser, "whole"):
                 events = parser.whole(await _whole_body(response, request, delivery))
