@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_display
 import bench_history
+import bench_kernel_asyncio
 import bench_local
 import bench_provider
 import bench_several
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "long_conversations": bench_history,
     "local_model": bench_local,
     "several_models": bench_several,
+    "kernel_asyncio": bench_kernel_asyncio,
 }
 
 

@@ -42,22 +42,22 @@ __all__ = [
 
 
 def load_ipython_extension(ipython: Any) -> None:
+    from .line_magics import LineMagics
     from .magics import FlowGptMagics
-    from .tools import ToolMagics
 
     magics = FlowGptMagics(ipython)
-    ipython.register_magics(magics, ToolMagics(ipython, magics))
+    ipython.register_magics(magics, LineMagics(ipython, magics))
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    from .line_magics import LineMagics
     from .magics import FlowGptMagics
-    from .tools import ToolMagics
 
     magics = ipython.magics_manager.registry.pop(FlowGptMagics.__name__, None)
-    tools = ipython.magics_manager.registry.pop(ToolMagics.__name__, None)
+    lines = ipython.magics_manager.registry.pop(LineMagics.__name__, None)
     if magics is None:
         return
-    for registered in (magics, tools):
+    for registered in (magics, lines):
         for kind, names in registered.magics.items() if registered else ():
             for name in names:
                 ipython.magics_manager.magics[kind].pop(name, None)

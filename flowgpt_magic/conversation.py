@@ -216,14 +216,16 @@ class Conversation:
         Only complete answers that were part of the conversation count: not interrupted or
         failed ones, nor --no-history ones. A cell's last answer wins.
         """
+        import nbformat  # (only here: reading a notebook is rare, and nbformat slow to load)
+
         source = Path(path).expanduser()
         if not source.exists() and Path(source.name).exists():
             source = Path(source.name)  # the server's path is from its root; we run beside it
         try:
-            notebook = json.loads(source.read_text(encoding="utf-8"))
-            cells = notebook["cells"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise HistoryFileError(f"Could not read the notebook {source}: {error}.") from None
+            cells = nbformat.read(source, as_version=4).cells  # type: ignore[no-untyped-call]
+        except (OSError, ValueError, nbformat.ValidationError, AttributeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise HistoryFileError(f"Could not read the notebook {source}: {reason}.") from None
         conversation = cls()
         outputs = [
             output
@@ -260,8 +262,6 @@ def _images_in(outputs: list[dict[str, Any]]) -> dict[str, bytes]:
         bundle = output.get("data")
         for mime in ("image/png", "image/jpeg", "image/gif"):
             text = bundle.get(mime) if isinstance(bundle, dict) else None
-            if isinstance(text, list):  # (nbformat may split a string into lines)
-                text = "".join(text)
             if isinstance(text, str):
                 try:
                     data = base64.b64decode(text)

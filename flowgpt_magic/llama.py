@@ -217,8 +217,8 @@ class LlamaServer:
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(config).encode() + b"\n")
         self._process.stdin.flush()
-        # (The child is told when this thread ends: servers are started from the thread
-        # that runs the answers, which lasts as long as the kernel.)
+        # (The system tells the child when the thread that started it ends: the answers'
+        # thread, which lasts until the extension unloads, and stops the servers then.)
         atexit.register(self.stop)
         if self._on_start is not None:
             self._on_start(self)

@@ -11,7 +11,7 @@ from collections import ChainMap
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .chat import Chat
@@ -19,11 +19,11 @@ from .command import build_request, secrets_line
 from .conversation import Conversation
 from .display import code_of, open_background, open_columns, open_view
 from .prompt import ErrorLog, ShownImages
-from .providers import PROVIDERS, resolve_model
+from .providers import PROVIDERS
 from .record import FORMATS
-from .reports import dry_run, model_listing
+from .reports import dry_run
 from .settings import FlowGptSettings
-from .tools import _parse, _usage_errors
+from .usage import parse, usage_errors
 
 #: A key typed into a cell: api_key="...", os.environ["..._API_KEY"] = "...", %env, sk-...
 _KEY_LITERAL = re.compile(
@@ -215,14 +215,14 @@ class FlowGptMagics(Magics, FlowGptSettings):
         or a long value as a compact summary. The last answer is in _flowgpt. See
         %flowgpt_model and %flowgpt_history.
         """
-        args = _parse(self.flowgpt, line)
+        args = parse(self.flowgpt, line)
         if args.output is not None and (
             not args.output.isidentifier() or keyword.iskeyword(args.output)
         ):
             raise UsageError(
                 f"-o needs a variable name to store the answer in, not {args.output!r}."
             )
-        with _usage_errors():
+        with usage_errors():
             settings = self.settings()
             namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
             requests = [
@@ -337,23 +337,6 @@ class FlowGptMagics(Magics, FlowGptSettings):
         if self.display_mode != "auto":
             return self.display_mode == "widget"
         return getattr(self.shell, "kernel", None) is not None
-
-    # -- %flowgpt_model ----------------------------------------------------------------
-
-    @magic_arguments()
-    @argument("name", nargs="?", help="Model name or alias to make the notebook's default.")
-    @line_magic
-    def flowgpt_model(self, line: str) -> None:
-        """Show the default model and every model with its aliases, or set the default."""
-        args = _parse(self.flowgpt_model, line)
-        if args.name is None:
-            print(model_listing(self.chat, self.settings()))
-            return
-        with _usage_errors():
-            model = resolve_model(args.name).id
-        self.default_model = model
-        via = f" (alias {args.name!r})" if args.name != model else ""
-        print(f"Default model is now {model}{via}.")
 
 
 def _value_of(answer: str, answer_format: str) -> Any:

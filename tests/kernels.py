@@ -28,8 +28,9 @@ class Execution:
 
     @property
     def printed(self) -> str:
-        """What the cell printed (its stdout and stderr, joined)."""
-        return "".join(m["content"]["text"] for m in self.of_type("stream"))
+        """What the cell printed to its stdout."""
+        streams = self.of_type("stream")
+        return "".join(m["content"]["text"] for m in streams if m["content"]["name"] == "stdout")
 
 
 def started(setup: str) -> Iterator[Kernel]:

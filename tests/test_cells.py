@@ -107,6 +107,10 @@ def test_only_complete_recorded_answers_come_back_from_a_notebook(
         },
         {"cell_type": "markdown", "id": "e", "source": "text"},
     ]
+    for cell in cells:  # (what every notebook's cells have)
+        cell["metadata"] = {}
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = None
     path = tmp_path / "this notebook.ipynb"
     path.write_text(
         json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})

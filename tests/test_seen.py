@@ -18,7 +18,7 @@ from flowgpt_magic.attachments import summary_of
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.record import record_in
 from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer
-from flowgpt_magic.tools import ERROR_WIDTH, wrapped
+from flowgpt_magic.usage import ERROR_WIDTH, wrapped
 
 
 @pytest.fixture

@@ -1,13 +1,10 @@
-"""The line magics that tend a notebook's state: ``%flowgpt_history`` (the conversation),
-``%flowgpt_usage`` (what it used and cost) and ``%flowgpt_key`` (keys that never touch a
-cell); and what every magic shares: options parsed as a shell would, our errors as one
-line. (``%%flowgpt`` and ``%flowgpt_model`` are in ``magics.py``.)"""
+"""The line magics: ``%flowgpt_model`` (the default model, and the models there are),
+``%flowgpt_history`` (the conversation), ``%flowgpt_usage`` (what it used and cost) and
+``%flowgpt_key`` (keys that never touch a cell). (``%%flowgpt`` and the settings are in
+``magics.py``; what both read lines and show errors with, in ``usage.py``.)"""
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -15,60 +12,39 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .conversation import Conversation, exchanges
-from .exceptions import AnswerInterrupted, FlowGptError
+from .providers import resolve_model
+from .reports import model_listing
+from .usage import parse, usage_errors
 
 if TYPE_CHECKING:
     from .magics import FlowGptMagics
 
 
-#: Error lines are wrapped at this many characters, between words: JupyterLab's output
-#: area breaks a line too long for it anywhere, even in the middle of a word.
-ERROR_WIDTH = 88
-
-
-@contextmanager
-def _usage_errors() -> Iterator[None]:
-    """Show our own errors as IPython's UsageError (one paragraph, never a traceback),
-    wrapped between words."""
-    try:
-        yield
-    except AnswerInterrupted:
-        raise  # (shown as its own one-line mark)
-    except (FlowGptError, UsageError) as error:
-        raise UsageError(wrapped(str(error))) from None
-
-
-def wrapped(message: str) -> str:
-    """``message`` in lines of at most ERROR_WIDTH characters (the first after IPython's
-    "UsageError: "), broken between words only."""
-    import textwrap
-
-    lead = " " * len("UsageError: ")
-    lines = textwrap.wrap(
-        message, ERROR_WIDTH, initial_indent=lead, break_long_words=False, break_on_hyphens=False
-    )
-    return "\n".join(lines)[len(lead) :] if lines else message
-
-
-def _parse(magic: Any, line: str) -> Any:
-    """Parse a magic's options like a shell would, so that -s "two words" loses its quotes.
-
-    (``magic_arguments.parse_argstring`` splits non-POSIX style and keeps the quotes.)
-    """
-    try:
-        argv = shlex.split(line)
-    except ValueError as error:
-        raise UsageError(f"Cannot read the options {line!r}: {error}.") from None
-    return magic.parser.parse_args(argv)
-
-
 @magics_class
-class ToolMagics(Magics):
-    """``%flowgpt_history``, ``%flowgpt_usage`` and ``%flowgpt_key``, for ``main``."""
+class LineMagics(Magics):
+    """``%flowgpt_model``, ``%flowgpt_history``, ``%flowgpt_usage`` and ``%flowgpt_key``,
+    for ``main`` (the cell magic's instance: the settings, the chat)."""
 
     def __init__(self, shell: Any, main: FlowGptMagics) -> None:
         super().__init__(shell=shell)
         self.main = main
+
+    # -- %flowgpt_model ----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="Model name or alias to make the notebook's default.")
+    @line_magic
+    def flowgpt_model(self, line: str) -> None:
+        """Show the default model and every model with its aliases, or set the default."""
+        args = parse(self.flowgpt_model, line)
+        if args.name is None:
+            print(model_listing(self.main.chat, self.main.settings()))
+            return
+        with usage_errors():
+            model = resolve_model(args.name).id
+        self.main.default_model = model
+        via = f" (alias {args.name!r})" if args.name != model else ""
+        print(f"Default model is now {model}{via}.")
 
     # -- %flowgpt_usage -----------------------------------------------------------------
 
@@ -78,7 +54,7 @@ class ToolMagics(Magics):
     def flowgpt_usage(self, line: str) -> None:
         """This notebook's requests, tokens in and out, and their cost, by model, and in
         all (since the extension loaded, or --reset)."""
-        args = _parse(self.flowgpt_usage, line)
+        args = parse(self.flowgpt_usage, line)
         if args.reset:
             self.main.chat.ledger.reset()
             print("Usage is counted from zero again.")
@@ -95,7 +71,7 @@ class ToolMagics(Magics):
         """Enter a provider's API key without typing it into a cell: it is asked for as a
         password and kept in this kernel only, never in the notebook, its outputs or the
         saved history. --forget forgets it (the environment's key is used again)."""
-        args = _parse(self.flowgpt_key, line)
+        args = parse(self.flowgpt_key, line)
         keyed = {n: s for n, s in self.main.provider_settings.items() if s.has_trait("api_key")}
         settings = keyed.get(args.provider)
         if settings is None:
@@ -143,7 +119,7 @@ class ToolMagics(Magics):
     def flowgpt_history(self, line: str) -> None:
         """Show the notebook's conversation (which cell each exchange came from, models and
         times), or reset, save, load, pop or print it as JSON."""
-        args = _parse(self.flowgpt_history, line)
+        args = parse(self.flowgpt_history, line)
         flags = ("reset", "save", "load", "pop", "json", "from_notebook")
         chosen = [flag for flag in flags if getattr(args, flag) not in (None, False)]
         if len(chosen) > 1:
@@ -152,7 +128,7 @@ class ToolMagics(Magics):
                 f"time, not {' and '.join('--' + flag.replace('_', '-') for flag in chosen)}."
             )
         conversation = self.main.conversation
-        with _usage_errors():
+        with usage_errors():
             if args.reset:
                 removed = len(conversation)
                 conversation.reset()
