@@ -64,14 +64,15 @@ def through_the_magic(kc: BlockingKernelClient, n: int) -> tuple[float, float]:
 
 
 def in_the_kernel(kc: BlockingKernelClient, base_url: str, n: int) -> tuple[float, float]:
-    """``directly``, run in the kernel (its source sent there once, by ``run``)."""
-    messages = execute(kc, f"print(json.dumps(await directly({base_url!r}, {n})))")
+    """``directly``, run in the kernel (its source sent there once, by ``run``; the key its
+    server takes, read there)."""
+    messages = execute(kc, f"print(json.dumps(await directly({base_url!r}, {n}, KEY)))")
     out = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
     first, speed = json.loads(out)
     return first, speed
 
 
-async def directly(base_url: str, n: int) -> tuple[float, float]:
+async def directly(base_url: str, n: int, key: str) -> tuple[float, float]:
     """First piece (s) and tokens a second, reading the server's stream as it comes."""
     body = {
         "model": "local",
@@ -84,7 +85,7 @@ async def directly(base_url: str, n: int) -> tuple[float, float]:
     }
     first = last = None
     tokens = 0
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         started = time.perf_counter()
         async with session.post(f"{base_url}/chat/completions", json=body) as response:
             async for line in response.content:
@@ -113,6 +114,7 @@ def run(runs: int = 15) -> dict[str, Any]:
         base_url = f"http://127.0.0.1:{port}/v1"
         source = inspect.getsource(directly)
         execute(kc, f"import json, time\nimport aiohttp\nTOKENS = {TOKENS}\n{source}")
+        execute(kc, f"KEY = {SERVER}.server()._key")  # (its server answers no one else)
         magic, direct = [], []
         for n in range(1, runs + 1):
             direct.append(in_the_kernel(kc, base_url, 100 + n))
