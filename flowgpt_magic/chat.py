@@ -9,6 +9,7 @@ No IPython here: the magics parse a cell, call this, and store what comes back.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from .reply import Reply, View, show_answer, why_no_answer
 from .runner import Job, Runner
 
 if TYPE_CHECKING:
+    from .batch import EachResult, EachView
     from .command import ChatRequest
     from .providers import AsyncResult
 
@@ -106,6 +108,53 @@ class Chat:
         self._background[job] = label
         return job.cancel
 
+    def ask_each(
+        self,
+        plans: list[list[ChatRequest | FlowGptError]],
+        labels: list[Any],
+        view: EachView,
+        concurrency: int,
+        max_cost: float | None = None,
+    ) -> EachResult:
+        """Ask each row's requests (one a model: ``plans``, in row order; an error for a
+        row whose prompt could not be made), at most ``concurrency`` at once, the whole
+        run within ``max_cost`` US dollars; nothing joins the conversation. The stop
+        button raises :class:`RowsInterrupted`, which holds what had come."""
+        from .batch import Pace, Tally, Unit, answer_rows, run_budget
+        from .exceptions import RowsInterrupted
+
+        models = [r.model if not isinstance(r, FlowGptError) else "" for r in plans[0]]
+        budget = run_budget(plans, max_cost, self.ledger.prompt_tokens)
+        units, failed = [], []
+        session = self._runner.session()
+        for row, requests in enumerate(budget.plans):
+            for model, request in enumerate(requests):
+                if isinstance(request, FlowGptError):
+                    failed.append((model, labels[row], str(request)))
+                else:
+                    answer_to(request, request.messages([]), session)  # (checked now)
+                    make = functools.partial(answer_to, request, request.messages([]), session)
+                    units.append(Unit(row, model, request, make))
+        pace = Pace(max(1, concurrency))
+        tally = Tally(len(units) + len(failed), pace)
+        tally.done = tally.failed = len(failed)
+
+        def ended(reply: Reply) -> None:  # (on the runner's thread)
+            self._ended.append(lambda: self._learn(reply))
+
+        rows = answer_rows(units, labels, models, pace, tally, view, budget.allows, ended)
+        try:
+            result = self._runner.wait(self._runner.submit(rows))
+        except RowsInterrupted as stopped:
+            for model, label, error in failed:
+                stopped.result.errors[model][label] = error
+            raise
+        finally:
+            self._settle()
+        for model, label, error in failed:
+            result.errors[model][label] = error
+        return result
+
     @property
     def background(self) -> list[str]:
         """The labels of the answers still streaming in the background."""
@@ -121,7 +170,7 @@ class Chat:
         import asyncio
 
         pairs = list(zip(requests, views, strict=True))
-        answers, replies = map(list, zip(*(self._send(r, v) for r, v in pairs), strict=True))
+        answers, replies = map(list, zip(*(self._send(r) for r, _ in pairs), strict=True))
         asked = self._ask_next()
         job: Job[Any] | None = None
 
@@ -162,25 +211,12 @@ class Chat:
                 self._conversation.reset()
             self._conversation.add(record, asked)
 
-    def _send(self, request: ChatRequest, view: View) -> tuple[AsyncResult, Reply]:
+    def _send(self, request: ChatRequest) -> tuple[AsyncResult, Reply]:
         """The answer stream (checked now, sent when it is read, on the runner's session),
         and the reply it makes, with the request as it is sent (within its cost limit)."""
-        delivery = request.delivery
-        messages = request.messages(self.context(request))
+        messages = request.messages(self.context(request) if request.sends_history else [])
         request = self._within_cost(request, messages)
-        answer = request.ref.entry.provider.create_async_generator(
-            request.ref.model,
-            messages,
-            temperature=request.temperature,
-            params=request.params,
-            timeout=delivery.timeout,
-            first_piece_timeout=delivery.first_piece_timeout,
-            connect_timeout=delivery.connect_timeout,
-            retries=delivery.retries,
-            session=self._runner.session(),
-            **request.options,
-        )
-        return answer, Reply(request, estimate_tokens(messages))
+        return answer_to(request, messages, self._runner.session())
 
     def _within_cost(self, request: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
         """``request``, its answer's max_tokens what its cost limit leaves for it; an error
@@ -242,3 +278,24 @@ class Chat:
         """Stop the answers still streaming, close the session, end the runner's thread."""
         self._runner.close()
         self._settle()
+
+
+def answer_to(
+    request: ChatRequest, messages: list[dict[str, Any]], session: Any
+) -> tuple[AsyncResult, Reply]:
+    """The answer stream to ``messages`` as ``request`` says (checked now, sent when it is
+    read, on ``session``), and the reply it makes. Any thread may make one."""
+    delivery = request.delivery
+    answer = request.ref.entry.provider.create_async_generator(
+        request.ref.model,
+        messages,
+        temperature=request.temperature,
+        params=request.params,
+        timeout=delivery.timeout,
+        first_piece_timeout=delivery.first_piece_timeout,
+        connect_timeout=delivery.connect_timeout,
+        retries=delivery.retries,
+        session=session,
+        **request.options,
+    )
+    return answer, Reply(request, estimate_tokens(messages))

@@ -8,6 +8,7 @@ everything this package raises on purpose; no aiohttp exception escapes the prov
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -118,12 +119,20 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
-class AnswerInterrupted(FlowGptError):
-    """The user stopped an answer (Ctrl-C or the kernel's stop button).
+class Interrupted(FlowGptError):
+    """The user stopped what a cell asked (Ctrl-C or the kernel's stop button).
 
-    IPython shows this as one line instead of a traceback: the partial answer is already on
+    IPython shows this as one line instead of a traceback: what had come is already on
     screen above it.
     """
+
+    def _render_traceback_(self) -> list[str]:
+        # Plain text: JupyterLab already tints error output, and "■" is in common fonts.
+        return [f"■ {self}"]
+
+
+class AnswerInterrupted(Interrupted):
+    """The user stopped an answer; its partial text is on screen."""
 
     def __init__(self, characters: int) -> None:
         super().__init__(
@@ -132,9 +141,18 @@ class AnswerInterrupted(FlowGptError):
         )
         self.characters = characters
 
-    def _render_traceback_(self) -> list[str]:
-        # Plain text: JupyterLab already tints error output, and "■" is in common fonts.
-        return [f"■ {self}"]
+
+class RowsInterrupted(Interrupted):
+    """The user stopped a run over rows (--each): ``result`` holds the answers that came
+    (a ``batch.EachResult``)."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        tally = result.tally
+        super().__init__(
+            f"Stopped after {tally.done:,} of {tally.total:,} answers; "
+            "_flowgpt holds those that came."
+        )
 
 
 class SecretURL(str):

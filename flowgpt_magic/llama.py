@@ -123,6 +123,7 @@ class LlamaServer:
         *,
         threads: int | None = None,
         context_size: int = 4096,
+        parallel: int = 1,
         mmproj_path: str | None = None,
         on_start: Callable[[LlamaServer], None] | None = None,
     ) -> None:
@@ -130,11 +131,13 @@ class LlamaServer:
         self.mmproj_path = mmproj_path
         self.threads = threads or max(1, min(4, os.cpu_count() or 1))
         self.context_size = context_size
+        self.parallel = parallel
         self.port = 0  # chosen by the child, once it listens
         self._on_start = on_start
         self._process: Any = None  # subprocess.Popen, once started
         self._log: BinaryIO | None = None  # what the child says, for when it fails
         self._report: int | None = None  # the pipe the child says its port on
+        self._loaded: Any = None  # (asyncio.Future: the port, once told; waited for by all)
         self._key = ""  # what requests must carry: made anew for each process
         self._users = 0  # answers streaming from it
         self._retired = False
@@ -192,6 +195,7 @@ class LlamaServer:
             "name": model.name.removesuffix(".gguf"),
             "threads": self.threads,
             "context_size": self.context_size,
+            "parallel": self.parallel,
             "key": self._key,
         }
         # The child writes to a file that has no name once it is open: nothing is left on
@@ -213,7 +217,7 @@ class LlamaServer:
                 start_new_session=True,
             )
         os.close(told)
-        self._report, self.port = report, 0
+        self._report, self.port, self._loaded = report, 0, None
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(config).encode() + b"\n")
         self._process.stdin.flush()
@@ -241,47 +245,57 @@ class LlamaServer:
 
     async def _until_ready(self) -> AsyncGenerator[str, None]:
         """Until the child says the port it listens on (it has loaded the model by then),
-        a line for a person every second."""
+        a line for a person every second. Answers that wait at once share one wait."""
         if self.port:
             return
         import asyncio
 
-        process, report = self._process, self._report
-        assert report is not None
         size = self.model.stat().st_size / 1e6
         loading = f"Loading the local model {self.name} ({size:,.0f} MB)…"
         yield loading
-        started, told = time.monotonic(), b""
+        if self._loaded is None or self._loaded.done():
+            self._loaded = asyncio.ensure_future(self._port_told())
+        loaded, started = self._loaded, time.monotonic()
+        while True:
+            try:
+                self.port = await asyncio.wait_for(asyncio.shield(loaded), 1)
+                return
+            except TimeoutError:
+                yield f"{loading} {time.monotonic() - started:.0f} s"
+
+    async def _port_told(self) -> int:
+        """The port the child says it listens on, once it has loaded the model."""
+        import asyncio
+
+        process, report = self._process, self._report
+        assert report is not None
+        told = b""
         readable = asyncio.Event()  # (the pipe has the port, or its end: the child ended)
         loop = asyncio.get_running_loop()
         loop.add_reader(report, readable.set)
         try:
-            while not told.endswith(b"\n"):
-                try:
-                    async with asyncio.timeout(1):
-                        await readable.wait()
-                except TimeoutError:
-                    waited = time.monotonic() - started
-                    if waited > LOAD_TIMEOUT:
-                        self.stop()
-                        raise ConfigurationError(
-                            f"The local model {self.name} did not load within {LOAD_TIMEOUT:g} s."
-                        ) from None
-                    yield f"{loading} {waited:.0f} s"
-                    continue
-                readable.clear()
-                try:
-                    said = os.read(report, 64)
-                except BlockingIOError:
-                    continue
-                if not said:
-                    with contextlib.suppress(Exception):
-                        process.wait(timeout=5)  # (so that its log is whole)
-                    raise ConfigurationError(self._why_it_stopped())
-                told += said
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                while not told.endswith(b"\n"):
+                    await readable.wait()
+                    readable.clear()
+                    try:
+                        said = os.read(report, 64)
+                    except BlockingIOError:
+                        continue
+                    if not said:
+                        with contextlib.suppress(Exception):
+                            process.wait(timeout=5)  # (so that its log is whole)
+                        raise ConfigurationError(self._why_it_stopped())
+                    told += said
+        except TimeoutError:
+            self.stop()
+            raise ConfigurationError(
+                f"The local model {self.name} did not load within {LOAD_TIMEOUT:g} s."
+            ) from None
         finally:
-            loop.remove_reader(report)
-        self.port = int(json.loads(told)["port"])
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(report)
+        return int(json.loads(told)["port"])
 
     def _why_it_stopped(self) -> str:
         output = b""
@@ -364,8 +378,9 @@ def serve(config: dict[str, Any]) -> Any:
     params.api_keys = [config["key"]]
     params.endpoint_slots = False
     params.cors_origins = ""  # (no web page may call it: no origin is allowed)
-    params.n_ctx = config["context_size"]
-    params.n_parallel = 1  # one notebook, one answer at a time: all the context for it
+    # Each of the answers it writes at once has the whole context (llama.cpp splits it).
+    params.n_parallel = config.get("parallel", 1)
+    params.n_ctx = config["context_size"] * params.n_parallel
     params.cpuparams.n_threads = config["threads"]
     params.cpuparams_batch.n_threads = config["threads"]
     params.n_gpu_layers = 0

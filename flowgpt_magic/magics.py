@@ -202,6 +202,26 @@ class FlowGptMagics(Magics, FlowGptSettings):
         metavar="NAME",
         help="Store the answer in the variable NAME (several models: a dict, model to answer).",
     )
+    @argument(
+        "--each",
+        metavar="NAME",
+        help="Ask the cell of every row of NAME (a DataFrame, a Series, a list): {row} and "
+        "{row.COLUMN} are the row's; no conversation. _flowgpt (and -o) get the answers as a "
+        "Series with the rows' index (a DataFrame for several models; a list for a list).",
+    )
+    @argument(
+        "-j",
+        "--jobs",
+        metavar="N",
+        type=int,
+        help="With --each: at most N requests at once (fewer while the server says too "
+        "many). Default: FlowGptMagics.concurrency.",
+    )
+    @argument(
+        "--into",
+        metavar="COLUMN",
+        help="With --each over a DataFrame: also write the answers into its COLUMN.",
+    )
     @cell_magic
     def flowgpt(self, line: str, cell: str) -> None:
         """Ask a chat model: the cell body is the prompt; the answer streams in below.
@@ -222,6 +242,10 @@ class FlowGptMagics(Magics, FlowGptSettings):
             raise UsageError(
                 f"-o needs a variable name to store the answer in, not {args.output!r}."
             )
+        if args.each is not None or args.into is not None or args.jobs is not None:
+            with usage_errors():
+                self._each(args, cell)
+            return
         with usage_errors():
             settings = self.settings()
             namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
@@ -296,6 +320,15 @@ class FlowGptMagics(Magics, FlowGptSettings):
             self._namespace[args.output] = value
         if args.insert:
             self._insert(records[0].answer, answer_format)
+
+    def _each(self, args: Any, cell: str) -> None:
+        """The cell asked of every row of ``--each NAME`` (see ``rows.py``)."""
+        from .rows import answer_each
+
+        value = answer_each(self, args, cell)
+        self._namespace["_flowgpt"] = value
+        if args.output:
+            self._namespace[args.output] = value
 
     def _checked_background(self, args: Any, requests: list[Any], widget: bool) -> bool:
         """Send the cell's one request in the background, if it can be; True once sent."""

@@ -222,13 +222,27 @@ class ShownImages(Mapping[int, Sequence[Picture]]):
             del self._by_cell[min(self._by_cell)]
 
 
-def _resolve(path: str, namespace: Mapping[str, Any]) -> Any:
+def resolve(path: str, namespace: Mapping[str, Any], what: str) -> Any:
+    """The value ``path`` (a name, its attributes and integer indexes) names, for an
+    option (``what``: ``--each``); nothing else is evaluated."""
+    if not re.fullmatch(_PATH, path):
+        raise InvalidRequestError(
+            f"{what} takes the name of a value of the notebook (rows, or df.column), not "
+            f"{path!r}: make it a variable first (rows = df.head(100))."
+        )
+    return _resolve(path, namespace, f"{what} {path}", "Define it first.")
+
+
+def _resolve(path: str, namespace: Mapping[str, Any], where: str = "", advice: str = "") -> Any:
+    """The value of a ``{path}`` form (or, ``where`` given, an option's ``path``);
+    ``advice``: what to do about one that cannot be had."""
+    where = where or f"{{{path}}}"
+    advice = advice or f"Define it, write {{{{{path}}}}} for the literal text, or use --raw."
     name = re.match(_NAME, path)
     assert name is not None  # the pattern only matches paths that start with a name
     if name.group() not in namespace:
         raise InvalidRequestError(
-            f"{{{path}}} names {name.group()!r}, which is not defined in this notebook. "
-            f"Define it, write {{{{{path}}}}} for the literal text, or use --raw."
+            f"{where} names {name.group()!r}, which is not defined in this notebook. {advice}"
         )
     value = namespace[name.group()]
     for attribute, index in _STEP.findall(path[name.end() :]):
@@ -236,10 +250,14 @@ def _resolve(path: str, namespace: Mapping[str, Any]) -> Any:
             value = getattr(value, attribute) if attribute else value[int(index)]
         except (AttributeError, LookupError, TypeError) as error:
             step = f".{attribute}" if attribute else f"[{index}]"
+            fix = (
+                "Fix the reference."
+                if where.startswith("-")
+                else advice.replace("Define it", "Fix the reference")
+            )
             raise InvalidRequestError(
-                f"{{{path}}} cannot be filled in: {step} failed ({type(error).__name__}: "
-                f"{error}). Fix the reference, write {{{{{path}}}}} for the literal text, "
-                "or use --raw."
+                f"{where} cannot be filled in: {step} failed ({type(error).__name__}: "
+                f"{error}). {fix}"
             ) from None
     return value
 

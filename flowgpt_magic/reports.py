@@ -5,7 +5,7 @@ chat's state; they send nothing (the listing asks servers for their models)."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import FlowGptError, redact_url
 from .providers import PROVIDERS, ProviderEntry, resolve_model
@@ -57,6 +57,47 @@ def dry_run(chat: Chat, request: ChatRequest) -> str:
             *(f"    {line}" for line in request.inserted),
         ]
     )
+
+
+def each_dry_run(
+    chat: Chat,
+    plans: list[list[ChatRequest | FlowGptError]],
+    labels: list[Any],
+    max_cost: float | None,
+) -> str:
+    """What ``--each`` would send: the first row's request in full, then the run: how many
+    rows and answers, the tokens its prompts and answers may take, what it may cost."""
+    from .batch import run_budget
+
+    first = [request for request in plans[0] if not isinstance(request, FlowGptError)]
+    answers = sum(1 for row in plans for r in row if not isinstance(r, FlowGptError))
+    unmade = sum(1 for row in plans for r in row if isinstance(r, FlowGptError))
+    try:
+        budget = run_budget(plans, max_cost, chat.ledger.prompt_tokens)
+    except FlowGptError as refused:
+        reckoned = f"the run would not be sent: {refused}"
+    else:
+        each_answer = (
+            f"answers up to {budget.answer_tokens:,} tokens in all"
+            if budget.answer_tokens is not None
+            else "answers as long as the models make them (no max_tokens)"
+        )
+        cost = (
+            f"; it costs at most {dollars(budget.worst_cost)}"
+            if budget.worst_cost is not None
+            else "; what it costs is not known (no prices, or no max_tokens)"
+        )
+        reckoned = f"prompts up to {budget.prompt_tokens:,} tokens in all, {each_answer}{cost}"
+    models = ", ".join(r.model for r in first)
+    lines = [
+        f"The first row ({labels[0]}), of {len(labels):,}:",
+        *(dry_run(chat, request) for request in first),
+        "",
+        f"The run: {len(labels):,} rows, {answers:,} answers ({models}); {reckoned}.",
+    ]
+    if unmade:
+        lines.append(f"{unmade:,} rows' prompts could not be made: they would fail.")
+    return "\n".join(lines)
 
 
 def model_listing(chat: Chat, settings: Settings) -> str:

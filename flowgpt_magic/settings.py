@@ -117,6 +117,12 @@ class FlowGptSettings(Configurable):
         "overrides it. A prompt that would cost more alone is not sent; else the answer's "
         "max_tokens is what the rest pays for. Needs the model's price (prices).",
     ).tag(config=True)
+    concurrency = Int(
+        8,
+        min=1,
+        help="With --each: at most this many requests at once (a cell's -j overrides it). "
+        "The run sends fewer while the server says too many (429), and more again after.",
+    ).tag(config=True)
     value_chars = Int(
         4_000,
         min=100,

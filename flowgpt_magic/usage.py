@@ -10,7 +10,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from .exceptions import AnswerInterrupted, FlowGptError
+from .exceptions import FlowGptError, Interrupted
 
 #: Error lines are wrapped at this many characters, between words: JupyterLab's output
 #: area breaks a line too long for it anywhere, even in the middle of a word.
@@ -23,7 +23,7 @@ def usage_errors() -> Iterator[None]:
     wrapped between words."""
     try:
         yield
-    except AnswerInterrupted:
+    except Interrupted:
         raise  # (shown as its own one-line mark)
     except (FlowGptError, UsageError) as error:
         raise UsageError(wrapped(str(error))) from None

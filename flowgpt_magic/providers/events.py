@@ -67,6 +67,7 @@ class RetryNotice(NamedTuple):
     retries: int  # how many retries are allowed
     delay: float  # seconds until it
     reason: str  # the failure, one sentence
+    status: int | None = None  # the HTTP status it failed with, if any (429: too many)
 
 
 class Progress(NamedTuple):

@@ -232,7 +232,8 @@ async def answering(
             raise failure.adding(request.advice) from None
         attempt += 1
         delay = retry_delay(attempt, failure)
-        yield RetryNotice(attempt, delivery.retries, delay, str(failure))
+        status = failure.status if isinstance(failure, HTTPStatusError) else None
+        yield RetryNotice(attempt, delivery.retries, delay, str(failure), status)
         await asyncio.sleep(delay)
 
 

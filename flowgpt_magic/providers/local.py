@@ -46,6 +46,12 @@ class Local(Configurable):
     context_size = Int(
         4096, help="Tokens of context the model is given (the prompt and the answer)."
     ).tag(config=True)
+    parallel = Int(
+        1,
+        min=1,
+        help="How many answers llama.cpp writes at once (--each asks several), each with "
+        "its whole context: memory for that many contexts is taken.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -56,13 +62,14 @@ class Local(Configurable):
     def server(self) -> LlamaServer:
         """The model's server, as the settings stand (made, not started: that is the first
         answer's to do). Reading it starts and stops nothing."""
-        wanted = (self.model_path, self.mmproj_path, self.threads, self.context_size)
+        wanted = (self.model_path, self.mmproj_path, self.threads, self.context_size, self.parallel)
         if wanted not in self._servers:
             self._servers[wanted] = LlamaServer(
                 self.model_path,
                 mmproj_path=self.mmproj_path,
                 threads=self.threads,
                 context_size=self.context_size,
+                parallel=self.parallel,
                 on_start=self._retire_others,
             )
         return self._servers[wanted]

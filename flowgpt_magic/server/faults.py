@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from .state import STATE
+from .state import STATE, ServerState
 
 #: Faults the server commits on request, so that clients' failures can be tested. The
 #: content faults (malformed and after) are FlowGPT's; the others apply to both protocols.
@@ -42,10 +42,21 @@ _HTML_PAGE = (
 )
 
 
-def choose_fault(request: web.Request) -> str | None:
-    """The fault to commit on this request (counted; call once a request)."""
+#: A prompt whose first line is ``/fail NNN`` is answered with HTTP status NNN.
+FAIL = "/fail "
+
+
+def choose_fault(request: web.Request, question: str = "") -> str | None:
+    """The fault to commit on this request (counted; call once a request): the one its
+    header, its prompt (``/fail NNN``) or the server's options ask for; a 429 when more
+    answers than the server's ``capacity`` are streaming already."""
     state = request.app[STATE]
     fault = request.headers.get("x-flowgpt-fault") or request.query.get("fault")
+    if fault is None and question.startswith(FAIL):
+        fault = f"status-{question[len(FAIL) :].split()[0]}"
+    capacity = state.options.capacity
+    if fault is None and capacity is not None and state.answering >= capacity:
+        fault = "status-429"
     if fault is None and state.options.fault is not None:
         times = state.options.fault_times
         if not times or state.faults_committed < times:
@@ -118,6 +129,7 @@ async def stream_answer(
     hold = state.options.hold  # (as it was when the answer began)
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
+    state.note(_one_more)
     try:
         if fault == "trickle":
             for byte in b"".join([first, *pieces, last]):
@@ -154,5 +166,12 @@ async def stream_answer(
     except asyncio.CancelledError:
         state.note(lambda s: setattr(s, "disconnects", s.disconnects + 1))
         raise
+    finally:
+        state.note(lambda s: setattr(s, "answering", s.answering - 1))
     state.note(lambda s: setattr(s, "completed", s.completed + 1))
     return response
+
+
+def _one_more(state: ServerState) -> None:
+    state.answering += 1
+    state.most_at_once = max(state.most_at_once, state.answering)

@@ -41,7 +41,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if state.options.record:
         received = ReceivedRequest(dict(request.headers), body)
         state.note(lambda s: s.requests.append(received))
-    fault = choose_fault(request)
+    fault = choose_fault(request, body["question"])
     early = await early_fault(request, fault)
     if early is not None:
         return early

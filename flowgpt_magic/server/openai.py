@@ -67,7 +67,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if state.options.record:
         received = ReceivedRequest(dict(request.headers), body, f"{OPENAI_PATH}/chat/completions")
         state.note(lambda s: s.requests.append(received))
-    fault = choose_fault(request)
+    asked = next((m for m in reversed(body["messages"]) if m["role"] == "user"), None)
+    fault = choose_fault(request, text_of(asked["content"]) if asked else "")
     early = await early_fault(request, fault)
     if early is not None:
         return early

@@ -36,6 +36,9 @@ class ServerOptions:
     #: When set, every answer holds after its third piece until this event is set: tests
     #: decide when answers end, instead of racing a clock.
     hold: threading.Event | None = None
+    #: When set, a request that comes while this many answers stream already gets a 429
+    #: (with Retry-After): a server with room for so many at once.
+    capacity: int | None = None
 
 
 @dataclass
@@ -54,6 +57,9 @@ class ServerState:
     rejected: list[str] = field(default_factory=list)
     completed: int = 0
     disconnects: int = 0
+    #: Answers streaming now, and the most that ever streamed at once.
+    answering: int = 0
+    most_at_once: int = 0
     faults_committed: int = 0
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
