@@ -407,3 +407,23 @@ def test_a_cost_limit_is_never_passed_though_the_chat_template_adds_tokens(
         costs.append(magics.chat.ledger.total().cost - spent)
     # Never more than the limit; the second, knowing the template, comes closer to it.
     assert all(cost <= 0.2 for cost in costs) and costs[0] < costs[1], costs
+
+
+async def test_a_connection_llama_cpp_closed_after_an_answer_is_not_a_retry(
+    llama: RunningServer,
+) -> None:
+    # llama.cpp closes a connection after a streamed answer; the next request, sent at once
+    # on the kept-alive connection, found it closing: it waited out a retry's pause (0.25
+    # to 0.5 s). Now it goes again at once, on a new connection.
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            answer = OpenAICompatible.create_async_generator(
+                "SmolLM2",
+                QUESTION,
+                base_url=llama.base_url,
+                params={"max_tokens": 3},
+                session=session,
+            )
+            events = [event async for event in answer.events()]
+            assert [e for e in events if isinstance(e, RetryNotice)] == []
+            assert any(isinstance(e, str) for e in events)

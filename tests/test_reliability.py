@@ -144,7 +144,9 @@ ROWS: dict[str, tuple[str, int, int]] = {
     "status-502": ("answered 502 Bad Gateway", 0, 3),
     "status-503": ("answered 503 Service Unavailable", 0, 3),
     "html-502": ("answered 502 Bad Gateway: an HTML page titled '502 Error'", 0, 3),
-    "close": ("closed the connection before answering", 0, 3),
+    # (sent again at once on a new connection, as a kept-alive one the server had closed
+    # would be; then retried twice)
+    "close": ("closed the connection before answering", 0, 4),
     "reset": ("broke while the answer was streaming; what had arrived is kept", 3, 1),
     "hang": ("sent no text for 0.5 s before the first piece", 0, 1),
     "stall": ("sent no text for 0.5 s in the middle of the answer", 3, 1),

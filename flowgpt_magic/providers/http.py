@@ -191,7 +191,7 @@ async def answering(
     failures = request_failures()
     timeout = client_timeout(delivery)
     payload = json.dumps(request.body, ensure_ascii=False).encode()
-    attempt = 0
+    attempt, resent = 0, False
     while True:
         # A body of megabytes goes as a stream, so that sending it never blocks the loop.
         data = io.BytesIO(payload) if len(payload) > LARGE_BODY_BYTES else payload
@@ -208,6 +208,9 @@ async def answering(
                 delivery.first_piece_limit,
             )
         except failures as error:
+            if not resent and stale_connection(error):
+                resent = True  # (sent again at once, on a new connection: not a retry)
+                continue
             failure = translate_error(
                 error,
                 request.url,
@@ -235,6 +238,17 @@ async def answering(
         status = failure.status if isinstance(failure, HTTPStatusError) else None
         yield RetryNotice(attempt, delivery.retries, delay, str(failure), status)
         await asyncio.sleep(delay)
+
+
+def stale_connection(error: BaseException) -> bool:
+    """Whether ``error`` is a kept-alive connection the server had closed by the time the
+    request went out on it (llama.cpp closes one after a streamed answer; the close can
+    come just after the answer's end was read), not a server that cannot be reached."""
+    import aiohttp
+
+    return isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)) and not (
+        isinstance(error, aiohttp.ClientConnectorError)
+    )
 
 
 async def get_json(
