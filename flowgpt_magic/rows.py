@@ -265,6 +265,11 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         )
     title = f"--each {args.each}"
     view = ProgressBox(title) if magics._use_widget() else TextProgress(title)
+    concurrency = args.jobs or magics.concurrency
+    from .cluster import is_dask
+
+    if is_dask(rows):
+        return _on_cluster(magics, args, cell, rows, view, concurrency, limit, options)
     run = each(
         rows,
         cell,
@@ -273,7 +278,7 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         view=view,
         settings=settings,
         namespace=ChainMap({"Err": magics.errors}, namespace),
-        concurrency=args.jobs or magics.concurrency,
+        concurrency=concurrency,
         max_cost=limit,
         name=args.each,
         **options,
@@ -291,3 +296,34 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         namespace["_flowgpt"] = value  # (what came is kept, though the cell ends with a mark)
         raise RowsInterrupted(run.result)
     return value
+
+
+def _on_cluster(
+    magics: Any,
+    args: Any,
+    cell: str,
+    rows: Any,
+    view: Any,
+    concurrency: int,
+    limit: float | None,
+    options: dict[str, Any],
+) -> Any:
+    """``--each`` of a Dask collection: each partition asked on a worker (``cluster.py``);
+    the answers computed, in the rows' order; their errors in ``_flowgpt_errors``."""
+    from .batch import Pace, Tally
+    from .cluster import answered, computed, spec_for
+
+    if args.into is not None:
+        raise InvalidRequestError(
+            "--into writes into a pandas DataFrame; over Dask, join _flowgpt to it yourself."
+        )
+    settings = magics.settings()
+    local = magics.provider_settings.get("local")
+    spec = spec_for(cell, args.model or [None], settings, options, concurrency, limit, local)
+    lazy = answered(rows, spec)
+    tally = Tally(len(rows), Pace(concurrency))
+    frame = magics.chat.run(computed(lazy, tally, view))
+    magics._namespace["_flowgpt_errors"] = dict(frame["error"].dropna().items())
+    answers = frame["answer"].rename("answer")
+    answers.attrs["errors"] = magics._namespace["_flowgpt_errors"]
+    return answers

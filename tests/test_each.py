@@ -335,3 +335,74 @@ def test_rows_write_nothing_to_the_conversation_file(
     shell.run_cell(f"%%flowgpt --each rows -m {MODEL}\n{{row}}")
     shell.run_line_magic("flowgpt_history", f"--save {tmp_path / 'c.json'}")
     assert '"exchanges": []' in (tmp_path / "c.json").read_text()
+
+
+# -- beyond one machine: Dask ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """A Dask cluster on loopback: two worker processes, one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=50,
+        ) as made,
+        distributed.Client(made) as client,
+    ):
+        yield client
+
+
+def test_a_dask_dataframe_is_answered_a_partition_on_each_worker(
+    shell: InteractiveShell, served: LocalServer, cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dask.dataframe as dd
+
+    df = reviews(24)
+    df["text"] = "Sum up " + df["text"]
+    df.loc["r5", "text"] = "/fail 400"  # (a row that fails, on whichever worker)
+    shell.user_ns["ddf"] = dd.from_pandas(df, npartitions=4, sort=False)
+    cell = f"%%flowgpt --each ddf -j 3 -m {MODEL}\n{{row.text}}"
+    assert shell.run_cell(cell).error_in_exec is None
+    answers = shell.user_ns["_flowgpt"]
+    assert isinstance(answers, pd.Series) and list(answers.index) == list(df.index)
+    assert answers.drop("r5").str.contains("«Sum up review").all() and answers["r5"] is None
+    errors = shell.user_ns["_flowgpt_errors"]
+    assert list(errors) == ["r5"] and "answered 400" in errors["r5"]
+    assert len(served.state.requests) == 24
+    out = capsys.readouterr().out
+    assert "24 of 24 answers in " in out and "1 failed (r5)" in out
+    error = shell.run_cell(f"%%flowgpt --each ddf -m {MODEL} -m gemini\nHi").error_in_exec
+    assert isinstance(error, UsageError) and "asks one model" in said(error)
+
+
+def test_each_dask_worker_runs_its_own_local_model(
+    shell: InteractiveShell,
+    flowgpt_server: LocalServer,
+    cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dask.dataframe as dd
+    from real_servers import smollm2_gguf
+
+    shell.run_line_magic("config", f"Local.model_path = {str(smollm2_gguf())!r}")
+    shell.run_line_magic("config", "Local.threads = 1")
+    try:
+        rows = pd.Series(["red", "green", "blue", "black"])
+        shell.user_ns["colours"] = dd.from_pandas(rows, npartitions=2)
+        cell = "%%flowgpt --each colours -m local -t 0 -p max_tokens=6\nA thing that is {row}?"
+        assert shell.run_cell(cell).error_in_exec is None
+        answers = shell.user_ns["_flowgpt"]
+        assert len(answers) == 4 and answers.notna().all()
+        # Each worker started a model of its own (a llama.cpp child of its process).
+        pids = cluster.run(
+            lambda: __import__("flowgpt_magic.cluster").cluster._WORKER["local"]._process.pid
+        )
+        assert len(set(pids.values())) == 2
+    finally:
+        shell.config.pop("Local", None)
