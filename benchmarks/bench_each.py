@@ -176,7 +176,8 @@ def local_rows(rows: int = 50) -> dict[str, Any]:
         )
         printed(kc, f"rows = [f'Name a colour, number {{i}}.' for i in range({rows})]")
         printed(kc, "%%flowgpt -m local -p max_tokens=4\nHi")  # (loads the model once)
-        server = "get_ipython().magics_manager.registry['FlowGptMagics'].provider_settings['local'].server()"
+        magics = "get_ipython().magics_manager.registry['FlowGptMagics']"
+        server = f"{magics}.provider_settings['local'].server()"
         base, key = (
             printed(kc, f"print({server}.{part})").strip() for part in ("base_url", "_key")
         )
