@@ -147,6 +147,9 @@ class RowView:
     def progress(self, text: str) -> None:
         self._tally.loading = text
 
+    def again(self, line: str) -> None:
+        pass  # (the row's answer is what comes in the end)
+
     def finish(self, record: Record) -> None:
         self._tally.loading = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .conversation import Conversation
@@ -284,18 +284,24 @@ def answer_to(
     request: ChatRequest, messages: list[dict[str, Any]], session: Any
 ) -> tuple[AsyncResult, Reply]:
     """The answer stream to ``messages`` as ``request`` says (checked now, sent when it is
-    read, on ``session``), and the reply it makes. Any thread may make one."""
-    delivery = request.delivery
-    answer = request.ref.entry.provider.create_async_generator(
-        request.ref.model,
-        messages,
-        temperature=request.temperature,
-        params=request.params,
-        timeout=delivery.timeout,
-        first_piece_timeout=delivery.first_piece_timeout,
-        connect_timeout=delivery.connect_timeout,
-        retries=delivery.retries,
-        session=session,
-        **request.options,
-    )
-    return answer, Reply(request, estimate_tokens(messages))
+    read, on ``session``), and the reply it makes (which can ask again, with more
+    messages). Any thread may make one."""
+    delivery, provider = request.delivery, request.ref.entry.provider
+
+    def stream(more: Sequence[dict[str, Any]] = ()) -> AsyncResult:
+        return provider.create_async_generator(
+            request.ref.model,
+            [*messages, *more],
+            temperature=request.temperature,
+            params=request.params,
+            timeout=delivery.timeout,
+            first_piece_timeout=delivery.first_piece_timeout,
+            connect_timeout=delivery.connect_timeout,
+            retries=delivery.retries,
+            session=session,
+            **request.options,
+        )
+
+    reply = Reply(request, estimate_tokens(messages))
+    reply.again = stream
+    return stream(), reply

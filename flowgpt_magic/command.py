@@ -4,7 +4,7 @@ frozen, checked request: everything needed to send it. Nothing is sent before th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .attachments import Picture, picture_of_file
 from .exceptions import InvalidRequestError
@@ -14,6 +14,9 @@ from .providers import ModelRef, ProviderEntry, resolve_model
 from .providers.checks import check_temperature
 from .providers.http import Delivery
 from .record import Format, prompt_content
+
+if TYPE_CHECKING:
+    from .schema import Schema
 
 
 class Settings(NamedTuple):
@@ -92,6 +95,8 @@ class ChatRequest(NamedTuple):
     inserted: tuple[str, ...] = ()
     #: Where the secrets were from that the prompt held, and go as *** instead.
     redacted: tuple[str, ...] = ()
+    #: What the answer must be (--schema): asked for, and checked when it comes.
+    schema: Schema | None = None
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -140,6 +145,7 @@ def build_request(
     max_cost: str | None = None,
     image_files: Sequence[str] = (),
     shown: Mapping[int, Sequence[Picture]] | None = None,
+    schema: Schema | None = None,
 ) -> ChatRequest:
     """Check a cell's options against the notebook's settings, and fill in the prompt's
     ``{name}`` forms from ``namespace`` (None: the cell as written; ``shown``: the images
@@ -179,9 +185,21 @@ def build_request(
         )
     limit = parse_dollars(max_cost) if max_cost is not None else settings.max_cost
     price = settings.prices.get(ref.id)
-    params_given = {**settings.params, **parse_params(params)}
+    cells_params = parse_params(params)
+    params_given = {**settings.params, **cells_params}
     chosen = answer_format or settings.answer_format
-    if answer_format is None and _asks_json(params_given):
+    if schema is not None:
+        if answer_format not in (None, "json"):
+            raise InvalidRequestError(
+                f"--schema {schema.name} asks for JSON, and its value is kept: -f "
+                f"{answer_format} does not go with it. Leave -f out."
+            )
+        if "response_format" in cells_params:
+            raise InvalidRequestError(
+                "--schema sends its own response_format: leave -p response_format out."
+            )
+        chosen, params_given["response_format"] = "json", schema.response_format()
+    elif answer_format is None and _asks_json(params_given):
         chosen = "json"  # (asked for with -p response_format=...: shown as what it is)
     if chosen == "json" and "response_format" not in params_given:
         params_given["response_format"] = {"type": "json_object"}
@@ -207,6 +225,7 @@ def build_request(
         images=tuple(images),
         inserted=tuple(inserted),
         redacted=tuple(redacted),
+        schema=schema,
     )
 
 

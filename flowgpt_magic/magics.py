@@ -175,6 +175,13 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "JSON object; -o and _flowgpt hold its value). Default: FlowGptMagics.answer_format.",
     )
     @argument(
+        "--schema",
+        metavar="NAME",
+        help="Ask for JSON that follows NAME (a pydantic model, a dataclass, a TypedDict or a "
+        "JSON-schema dict; or list[NAME]); -o and _flowgpt hold the checked value, an "
+        "instance of NAME. An answer that does not follow it is asked again once.",
+    )
+    @argument(
         "--insert",
         action="store_true",
         help="Put the answer's code (its code blocks; with -f code, its code) into a new cell "
@@ -249,6 +256,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         with usage_errors():
             settings = self.settings()
             namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
+            schema = self._schema(args.schema)
             requests = [
                 build_request(
                     cell,
@@ -266,6 +274,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     max_cost=args.max_cost,
                     image_files=args.image,
                     shown=self.shown,
+                    schema=schema,
                 )
                 for model in args.model or [None]
             ]
@@ -309,17 +318,25 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     widget, [r.model for r in requests], answer_format, self.footer
                 )
                 records = self.chat.ask_all(requests, views)
-        kept = {
-            record.model: _value_of(record.answer, answer_format)
-            for record in records
-            if record.answer
-        }
+        from .schema import answer_value
+
+        kept = {r.model: answer_value(r.answer, answer_format, schema) for r in records if r.answer}
+        if answer_format == "json" and any(kept[r.model] is r.answer for r in records if r.answer):
+            print("(The answer is not valid JSON: _flowgpt holds its text.)")
         value = kept if len(requests) > 1 else kept[records[0].model]
         self._namespace["_flowgpt"] = value
         if args.output:
             self._namespace[args.output] = value
         if args.insert:
             self._insert(records[0].answer, answer_format)
+
+    def _schema(self, name: str | None) -> Any:
+        """The schema ``--schema NAME`` names, if any."""
+        if name is None:
+            return None
+        from .schema import schema_named
+
+        return schema_named(name, self._namespace)
 
     def _each(self, args: Any, cell: str) -> None:
         """The cell asked of every row of ``--each NAME`` (see ``rows.py``)."""
@@ -370,18 +387,3 @@ class FlowGptMagics(Magics, FlowGptSettings):
         if self.display_mode != "auto":
             return self.display_mode == "widget"
         return getattr(self.shell, "kernel", None) is not None
-
-
-def _value_of(answer: str, answer_format: str) -> Any:
-    """What ``_flowgpt`` and ``-o`` keep of an answer: its code (``-f code``), the value its
-    JSON is (``-f json``), else its text."""
-    if answer_format == "code":
-        return code_of(answer)[0]
-    if answer_format == "json":
-        import json
-
-        try:
-            return json.loads(answer)
-        except ValueError as error:
-            print(f"(The answer is not valid JSON ({error}): _flowgpt holds its text.)")
-    return answer

@@ -222,14 +222,18 @@ class ShownImages(Mapping[int, Sequence[Picture]]):
             del self._by_cell[min(self._by_cell)]
 
 
-def resolve(path: str, namespace: Mapping[str, Any], what: str) -> Any:
+def resolve(
+    path: str,
+    namespace: Mapping[str, Any],
+    what: str,
+    takes: str = "a value of the notebook (rows, or df.column)",
+    instead: str = "make it a variable first (rows = df.head(100))",
+) -> Any:
     """The value ``path`` (a name, its attributes and integer indexes) names, for an
-    option (``what``: ``--each``); nothing else is evaluated."""
+    option (``what``: ``--each``, which ``takes`` the name of such a value; what to do
+    ``instead``); nothing else is evaluated."""
     if not re.fullmatch(_PATH, path):
-        raise InvalidRequestError(
-            f"{what} takes the name of a value of the notebook (rows, or df.column), not "
-            f"{path!r}: make it a variable first (rows = df.head(100))."
-        )
+        raise InvalidRequestError(f"{what} takes the name of {takes}, not {path!r}: {instead}.")
     return _resolve(path, namespace, f"{what} {path}", "Define it first.")
 
 

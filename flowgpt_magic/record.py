@@ -75,6 +75,9 @@ class Record(NamedTuple):
     tool_calls: tuple[ToolCall, ...] = ()
     #: The most the answer was allowed to cost, in US dollars (--max-cost), if anything.
     max_cost: float | None = None
+    #: What was wrong with the first answer, when the model was asked again (it did not
+    #: follow the schema asked for); this answer is then the second, and the usage both's.
+    asked_again: str | None = None
 
     @property
     def in_conversation(self) -> bool:
@@ -143,6 +146,11 @@ class Record(NamedTuple):
                 f"It cost {dollars(self.cost)}, more than the {dollars(self.max_cost)} allowed: "
                 "the prompt took more tokens than estimated. Later cells of this model "
                 "count with what it took."
+            )
+        if self.asked_again is not None and self.outcome == "complete":
+            said.append(
+                f"The first answer did not follow the schema ({self.asked_again}): the model "
+                "was asked again, and this is its second answer (the tokens count both)."
             )
         return " ".join(said) or None
 
@@ -223,6 +231,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "images": list,
     "tool_calls": list,
     "max_cost": _NUMBER,
+    "asked_again": str,
 }
 
 

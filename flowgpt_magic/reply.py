@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import FlowGptError, RequestFailedError
 from .ledger import cost_of
@@ -50,6 +50,10 @@ class View(Protocol):
     def progress(self, text: str) -> None:
         """Say what happens before the request can go out (a local model loading)."""
 
+    def again(self, line: str) -> None:
+        """What came is set aside and the model asked again (``line`` says why): show the
+        new answer from its start."""
+
     def finish(self, record: Record) -> None:
         """End the live view with the answer's record (its answer maybe partial)."""
 
@@ -64,9 +68,12 @@ async def show_answer(
     outcome: Outcome = "failed"
     error: str | None = None
     try:
+        view.begin()
         await _receive(answer, view, reply)
         if reply.tool_calls:
             raise RequestFailedError(tools_asked(reply.tool_calls))
+        if reply.request.schema is not None:
+            await _follows_schema(view, reply)
         outcome = "complete"
     except asyncio.CancelledError:
         outcome = "interrupted"
@@ -86,7 +93,6 @@ async def show_answer(
 
 async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
     keep, show = reply.pieces.extend, view.extend
-    view.begin()
     async with aclosing(answer):
         items = answer.batches()  # text a list a read: no step per piece
         async for item in items:
@@ -105,6 +111,45 @@ async def _receive(answer: AsyncResult, view: View, reply: Reply) -> None:
                 show(item)
             else:
                 reply.take(item, view)  # type: ignore[arg-type]
+
+
+async def _follows_schema(view: View, reply: Reply) -> None:
+    """Check the answer against the request's schema. One that does not follow it is
+    set aside and the model asked again, told what was wrong; a second that does not is a
+    :class:`RequestFailedError` saying what came and what was wrong."""
+    schema = reply.request.schema
+    assert schema is not None
+    for again in (True, False):
+        text = "".join(reply.pieces)
+        try:
+            schema.value_of(text)
+            return
+        except ValueError as error:
+            wrong = str(error)
+        cut = reply.finish_reason == "length"
+        if cut:  # (asked again, it would be cut again: the same limit)
+            wrong += " (it was cut at its token limit: raise it, -p max_tokens=4096)"
+        if cut or not again or reply.again is None:
+            came = " ".join(text.split())
+            came = came if len(came) <= 120 else came[:119] + "…"
+            twice = " twice" if reply.asked_again else ""
+            raise RequestFailedError(
+                f"The answer did not follow {schema.name}{twice}: {wrong}. What came: "
+                f"{came or '(nothing)'}. Nothing was added to the conversation; ask again, "
+                "or describe the values in the prompt."
+            )
+        reply.asked_again = wrong
+        view.again(f"The answer did not follow {schema.name} ({wrong}): asked again.")
+        follow_up = [
+            {"role": "assistant", "content": text},
+            {
+                "role": "user",
+                "content": f"That answer does not follow the schema {schema.name}: {wrong}. "
+                "Answer again, with JSON that follows it and nothing else.",
+            },
+        ]
+        reply.set_aside()
+        await _receive(reply.again(follow_up), view, reply)
 
 
 def tools_asked(calls: list[ToolCall]) -> str:
@@ -155,6 +200,18 @@ class Reply:
         self.served_by: str | None = None
         self.tool_calls: list[ToolCall] = []
         self.failure: FlowGptError | None = None
+        #: What makes the answer stream to the messages with more after them (to ask the
+        #: model again), and what was wrong with the first answer, if it was asked again.
+        self.again: Callable[[list[dict[str, Any]]], AsyncResult] | None = None
+        self.asked_again: str | None = None
+        self._spent: Usage | None = None  # what the answers set aside used
+
+    def set_aside(self) -> None:
+        """Start over, the answer so far set aside (what it used still counts)."""
+        self._spent, self.usage = _plus(self._spent, self.usage), None
+        self.pieces.clear()
+        self.reasoning.clear()
+        self.finish_reason = None
 
     def take(self, event: Event, view: View) -> None:
         match event:
@@ -187,7 +244,7 @@ class Reply:
             params=dict(request.params) or None,
             system=request.system,
             reasoning="".join(self.reasoning),
-            usage=self.usage,
+            usage=_plus(self._spent, self.usage),
             finish_reason=self.finish_reason,
             cell_id=request.cell_id,
             cell_number=request.cell_number,
@@ -202,5 +259,17 @@ class Reply:
             images=request.images,
             tool_calls=tuple(self.tool_calls),
             max_cost=request.max_cost,
+            asked_again=self.asked_again,
         )
         return record._replace(cost=cost_of(record, request.price))
+
+
+def _plus(one: Usage | None, other: Usage | None) -> Usage | None:
+    """What two answers used, together (a count either does not say is not known)."""
+    if one is None or other is None:
+        return other if one is None else one
+
+    def both(a: float | None, b: float | None) -> Any:
+        return None if a is None or b is None else a + b
+
+    return Usage(*(both(a, b) for a, b in zip(one, other, strict=True)))

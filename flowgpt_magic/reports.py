@@ -39,13 +39,17 @@ def dry_run(chat: Chat, request: ChatRequest) -> str:
     sizes = [content_size(m["content"]) for m in history]
     chars, images = sum(c for c, _ in sizes), sum(i for _, i in sizes)
     left_out = chat.images_left_out(request)
+    params = dict(request.params)
+    if request.schema is not None:
+        params.pop("response_format")  # (shown below, readably)
     return "\n".join(
         [
             "Dry run: nothing was sent.",
             f"model:          {request.model}",
             f"endpoint:       {redact_url(endpoint)}",
             f"temperature:    {temperature}",
-            *([f"parameters:     {json.dumps(dict(request.params))}"] if request.params else []),
+            *([f"parameters:     {json.dumps(params)}"] if params else []),
+            *_schema_lines(request),
             f"system message: {system or own}",
             *cost,
             f"context:        {len(history)} messages, {chars:,} "
@@ -57,6 +61,17 @@ def dry_run(chat: Chat, request: ChatRequest) -> str:
             *(f"    {line}" for line in request.inserted),
         ]
     )
+
+
+def _schema_lines(request: ChatRequest) -> list[str]:
+    schema = request.schema
+    if schema is None:
+        return []
+    text = json.dumps(schema.json_schema, indent=2, ensure_ascii=False)
+    return [
+        f"schema:         {schema.name}, as response_format json_schema (strict):",
+        *("    " + line for line in text.splitlines()),
+    ]
 
 
 def each_dry_run(

@@ -21,7 +21,6 @@ from .exceptions import FlowGptError, InvalidRequestError, RowsInterrupted
 
 if TYPE_CHECKING:
     from .chat import Chat
-    from .record import Format
 
 
 class Row(Mapping[str, Any]):
@@ -188,34 +187,17 @@ def each(
         return Run(stopped.result, interrupted=True)
 
 
-def kept_format(answer_format: Format) -> Any:
-    """What is kept of a row's answer, in this format: its code, the value its JSON is."""
-    if answer_format == "code":
-        from .display import code_of
-
-        return lambda answer: code_of(answer)[0]
-    if answer_format == "json":
-        import json
-
-        def value(answer: str) -> Any:
-            try:
-                return json.loads(answer)
-            except ValueError:
-                return answer
-
-        return value
-    return None
-
-
 def answer_each(magics: Any, args: Any, cell: str) -> Any:
     """``%%flowgpt --each NAME``: the cell asked of every row of NAME, its progress shown,
     the answers returned in the rows' shape (and written into ``--into COLUMN``); the
     failed rows' errors in ``_flowgpt_errors``. ``magics``: the cell magic's instance."""
     from collections import ChainMap
+    from functools import partial
 
     from .command import parse_dollars
     from .display.progress import ProgressBox, TextProgress
     from .prompt import resolve
+    from .schema import answer_value
 
     if args.each is None:
         raise InvalidRequestError(
@@ -241,7 +223,10 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         "answer_format": args.format,
         "image_files": args.image,
         "shown": magics.shown,
+        "schema": magics._schema(args.schema),
     }
+    answer_format = "json" if args.schema else args.format or settings.answer_format
+    keep = partial(answer_value, answer_format=answer_format, schema=options["schema"])
     models = args.model or [None]
     if args.dry_run:
         from .reports import each_dry_run
@@ -269,7 +254,7 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
     from .cluster import is_dask
 
     if is_dask(rows):
-        return _on_cluster(magics, args, cell, rows, view, concurrency, limit, options)
+        return _on_cluster(magics, args, cell, rows, view, concurrency, limit, options, keep)
     run = each(
         rows,
         cell,
@@ -283,19 +268,56 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         name=args.each,
         **options,
     )
-    answer_format = args.format or settings.answer_format
-    value = run.values(rows, kept_format(answer_format))
+    value = run.values(rows, keep)
     namespace["_flowgpt_errors"] = run.errors
     if args.into is not None:
-        if len(run.result.models) == 1:
-            rows[args.into] = value
-        else:
-            for model in run.result.models:
-                rows[f"{args.into} ({model})"] = value[model]
+        models = run.result.models
+        for model in models:
+            named = args.into if len(models) == 1 else f"{args.into} ({model})"
+            column = value if len(models) == 1 else value[model]
+            for name, values in columns_of(column, named, options["schema"]).items():
+                rows[name] = values
     if run.interrupted:
         namespace["_flowgpt"] = value  # (what came is kept, though the cell ends with a mark)
         raise RowsInterrupted(run.result)
     return value
+
+
+def columns_of(values: Any, named: str, schema: Any = None) -> dict[str, Any]:
+    """The columns ``--into NAMED`` writes of a Series of answers: the one, or (answers
+    that are objects of a schema) one a field, ``NAMED.FIELD``, typed as the schema says
+    (a row that failed: missing)."""
+    if schema is None or schema.fields is None or schema.wrapped:
+        return {named: values}
+    import pandas
+
+    def field(value: Any, name: str) -> Any:
+        return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+    return {
+        f"{named}.{name}": pandas.Series(
+            [None if v is None else field(v, name) for v in values],
+            index=values.index,
+            dtype=_dtype(kind),
+        )
+        for name, kind in schema.fields.items()
+    }
+
+
+def _dtype(kind: Any) -> Any:
+    """The pandas dtype for a field's Python type: nullable, as a failed row is missing."""
+    import types
+    import typing
+
+    present = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(present) == 1:
+        kind = present[0]  # (Optional[int]: an int column, its None missing)
+    literals = typing.get_args(kind)
+    if typing.get_origin(kind) is typing.Literal and all(isinstance(a, str) for a in literals):
+        import pandas
+
+        return pandas.CategoricalDtype(list(literals))
+    return {int: "Int64", float: "Float64", bool: "boolean", str: "string"}.get(kind, object)
 
 
 def _on_cluster(
@@ -307,9 +329,11 @@ def _on_cluster(
     concurrency: int,
     limit: float | None,
     options: dict[str, Any],
+    keep: Any,
 ) -> Any:
     """``--each`` of a Dask collection: each partition asked on a worker (``cluster.py``);
-    the answers computed, in the rows' order; their errors in ``_flowgpt_errors``."""
+    the answers computed, in the rows' order (what ``keep`` keeps of each); their errors
+    in ``_flowgpt_errors``."""
     from .batch import Pace, Tally
     from .cluster import answered, computed, spec_for
 
@@ -324,6 +348,10 @@ def _on_cluster(
     tally = Tally(len(rows), Pace(concurrency))
     frame = magics.chat.run(computed(lazy, tally, view))
     magics._namespace["_flowgpt_errors"] = dict(frame["error"].dropna().items())
-    answers = frame["answer"].rename("answer")
+    import pandas
+
+    # (A failed row's answer stays None: Series.map would make it NaN.)
+    kept = [keep(answer) if isinstance(answer, str) else None for answer in frame["answer"]]
+    answers = pandas.Series(kept, index=frame.index, dtype=object, name="answer")
     answers.attrs["errors"] = magics._namespace["_flowgpt_errors"]
     return answers

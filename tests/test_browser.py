@@ -743,3 +743,50 @@ def test_an_error_fits_its_box_without_a_word_broken(
     # As many lines on screen as the message has: the browser broke none of them further.
     assert shown_lines == len(lines), looks
     notebook.screenshot("error-wrapped.png", of_cell=2)
+
+
+def test_an_answer_off_its_schema_gives_way_to_the_one_asked_again(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.1  # (each answer streams for about a second)
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    wrong = '{"sentiment": "great", "score": 4, "draft": "first one", "more": "words here"}'
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            "from typing import Literal\nimport pydantic\n"
+            "class Review(pydantic.BaseModel):\n"
+            "    sentiment: Literal['positive', 'negative']\n    score: int",
+            f"%%flowgpt -m openai:gpt-4o --schema Review\n/echo\n{wrong}",
+            "print(repr(_flowgpt))",
+        ]
+    )
+    notebook.run_and_wait(1)
+    notebook.run_and_wait(2)
+    notebook.run(3)
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not DONE_PROMPT.search(notebook.prompt(3)):
+        assert time.monotonic() < deadline, "the answers did not finish within 60 s"
+        text = notebook.output(3)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+            if "asked again" in text and "first piece in" not in text:
+                notebook.screenshot("schema-asked-again.png", of_cell=3)
+        time.sleep(0.05)
+    # The first answer streamed, then gave way: the line saying why, the second answer.
+    assert any("first one" in text for text in seen), seen
+    again = next(n for n, text in enumerate(seen) if "asked again" in text)
+    assert "The answer did not follow Review (sentiment: Input should be" in seen[again]
+    assert not any("first one" in text for text in seen[again:]), seen[again:]
+    assert any('"sentiment"' in text for text in seen[again:]), "the second did not stream"
+
+    wait_until(lambda: "first piece in" in notebook.output(3), 10, "the saved output")
+    final = notebook.output(3)
+    notebook.screenshot("schema-final.png", of_cell=3)
+    assert "first one" not in final and "The first answer did not follow the schema" in final
+    highlighted = notebook.cell(3).evaluate(
+        "(cell) => cell.querySelectorAll('.jp-RenderedMarkdown pre span[class]').length"
+    )
+    assert highlighted > 3, "the JSON is not shown as highlighted code"
+    assert notebook.run_and_wait(4) == "Review(sentiment='positive', score=1)"

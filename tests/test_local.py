@@ -78,6 +78,37 @@ def test_answers_equal_llama_cpp_s_own_server_for_the_same_model_and_messages(
     assert record.served_by == "SmolLM2-135M-Instruct.Q4_1" and record.model == "local"
 
 
+def test_the_local_model_keeps_to_a_schema_as_llama_cpp_s_own_server_does(
+    shell: InteractiveShell, local: FlowGptMagics, llama: RunningServer
+) -> None:
+    import openai
+
+    setup = (
+        "from typing import Literal\nimport pydantic\n"
+        "class Colour(pydantic.BaseModel):\n"
+        "    name: str\n    warm: bool\n    kind: Literal['primary', 'secondary', 'other']\n"
+    )
+    assert shell.run_cell(setup).error_in_exec is None
+    colour = shell.user_ns["Colour"]
+    shell.run_line_magic("config", "Local.threads = 1")  # (as the reference server has)
+    client = openai.OpenAI(base_url=llama.base_url, api_key="sk-none", max_retries=0)
+    asked = "Describe the colour of the sky."
+    reply = client.chat.completions.parse(
+        model="SmolLM2",
+        messages=[{"role": "user", "content": asked}],
+        temperature=0,
+        max_tokens=60,
+        response_format=colour,
+    )
+    cell = f"%%flowgpt -m local -t 0 -p max_tokens=60 --schema Colour\n{asked}"
+    assert shell.run_cell(cell).error_in_exec is None
+    # The grammar made of the schema holds a 135M model to it: the same value, checked.
+    value = shell.user_ns["_flowgpt"]
+    assert type(value) is colour and value == reply.choices[0].message.parsed
+    (record,) = local.conversation
+    assert record.asked_again is None
+
+
 def test_the_model_loads_once_and_later_cells_reuse_it(
     shell: InteractiveShell, local: FlowGptMagics, capsys: pytest.CaptureFixture[str]
 ) -> None:

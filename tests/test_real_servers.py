@@ -103,6 +103,33 @@ def test_a_notebook_cell_gets_the_same_text(
     assert shell.user_ns["_flowgpt"] == expected
 
 
+def test_a_schema_through_litellm_reaches_llama_cpp_s_grammar(
+    shell: InteractiveShell, pointed_at: Any, litellm: RunningServer
+) -> None:
+    setup = (
+        "import dataclasses\nfrom typing import Literal\n"
+        "@dataclasses.dataclass\nclass Colour:\n"
+        "    name: str\n    warm: bool\n    kind: Literal['primary', 'secondary', 'other']\n"
+    )
+    assert shell.run_cell(setup).error_in_exec is None
+    magics = pointed_at(litellm, MASTER_KEY)
+    line = "-m openai:smollm2 -t 0 -p max_tokens=100 --schema Colour"
+    assert cell(shell, line, "Describe the colour of grass.") is None
+    # (A dataclass, without pydantic: checked against its type hints.)
+    value = shell.user_ns["_flowgpt"]
+    assert type(value) is shell.user_ns["Colour"]
+    assert value.kind in ("primary", "secondary", "other") and isinstance(value.warm, bool)
+    (record,) = magics.conversation
+    assert record.asked_again is None and record.finish_reason == "stop"
+
+    # A list has no end a grammar knows of: SmolLM2 goes on naming colours to its limit,
+    # and that is said at once (asked again, it would be cut again).
+    error = cell(shell, "-m openai:smollm2 -t 0 -p max_tokens=60 --schema list[Colour]", "Two?")
+    assert said(error).startswith("The answer did not follow ColourList: it is not JSON (")
+    assert "(it was cut at its token limit: raise it, -p max_tokens=4096)" in said(error)
+    assert len(magics.conversation) == 1
+
+
 # -- what they send besides the text --------------------------------------------------------
 
 

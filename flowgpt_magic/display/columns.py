@@ -171,6 +171,14 @@ class _Column:
         if not self.pieces:
             self.status.outputs = (_line(text),)
 
+    def again(self, line: str) -> None:
+        self.pieces.clear()
+        self._blocks = live_blocks(self.box._format) or MarkdownBlocks()
+        self._shown = 0
+        if self.answer is not None:
+            self.answer.outputs = ()
+            self.status.outputs = (_line(line),)
+
     def flush(self) -> None:
         """Show what came since the last update: finished blocks, and the unfinished one."""
         if len(self.pieces) == self._shown:

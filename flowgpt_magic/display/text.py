@@ -51,6 +51,15 @@ class TextView:
     def retrying(self, notice: RetryNotice) -> None:
         print(f"({retry_line(notice)})", file=sys.stderr, flush=True)
 
+    def again(self, line: str) -> None:
+        if self._thinking:
+            self._end_reasoning()
+        if self.pieces and not self.pieces[-1].endswith("\n"):
+            self._stream.write("\n")
+        self._stream.flush()  # (what came stays above: a terminal line is not redrawn)
+        print(f"({line})", file=sys.stderr, flush=True)
+        self.pieces.clear()
+
     def progress(self, text: str) -> None:
         if not self._told:  # (once: a terminal line is not redrawn)
             self._told = True

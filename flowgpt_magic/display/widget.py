@@ -189,6 +189,18 @@ class WidgetView:
     def progress(self, text: str) -> None:
         self._say(text)
 
+    def again(self, line: str) -> None:
+        self.pieces.clear()
+        self._shown = 0
+        self._blocks = live_blocks(self._format)
+        self._status_line = line
+        if self._live:
+            if self._answer.msg_id:  # (it captures: the clearing goes to it)
+                from IPython.display import clear_output
+
+                clear_output()
+            self._status.outputs = (_note(line),)
+
     def _say(self, line: str) -> None:
         """Show ``line`` as the status line, now (a retry, a model loading, take seconds)."""
         if self.pieces or self._thoughts:

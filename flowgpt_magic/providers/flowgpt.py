@@ -120,6 +120,12 @@ class FlowGpt(Provider):
         api_url: str | None = None,
         **options: Any,
     ) -> HttpRequest:
+        if "response_format" in params:
+            raise InvalidRequestError(
+                "FlowGPT's protocol cannot ask for JSON or for a schema (-f json, --schema): "
+                "it takes a prompt and a temperature alone. Nothing was sent. Ask an "
+                "OpenAI-compatible model (-m openai:MODEL) or the local one (-m local)."
+            )
         if params:
             raise InvalidRequestError(
                 f"FlowGPT's protocol has no parameter {', '.join(params)}: it takes the "

@@ -74,6 +74,10 @@ def offline_answer(body: Mapping[str, Any]) -> str:
     question = question.removeprefix(THINK + "\n")
     if question.startswith(ECHO + "\n"):
         return str(question[len(ECHO) + 1 :])
+    wanted = body.get("response_format")
+    if isinstance(wanted, dict) and wanted.get("type") == "json_schema":
+        schema = wanted["json_schema"]["schema"]
+        return json.dumps(example_of(schema, schema), ensure_ascii=False)
     heat = "no temperature" if temperature is None else f"temperature {temperature:g}"
     return (
         f"[Offline answer from the flowgpt-magic local server; model {body['model']}, "
@@ -85,6 +89,34 @@ def offline_answer(body: Mapping[str, Any]) -> str:
         + "No model runs here: this text streams word by word so that you can try "
         "flowgpt-magic without a network."
     )
+
+
+def example_of(schema: Any, root: dict[str, Any]) -> Any:
+    """A value that has the shape ``schema`` describes (as a grammar makes a model keep
+    to it): its types, enums, required properties and references, not its other bounds
+    (minimum, pattern...), which a grammar may not hold either."""
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        found: Any = root
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            found = found.get(key, {}) if isinstance(found, dict) else {}
+        return example_of(found, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0], root)
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: example_of(properties[name], root) for name in properties}
+    if kind == "array":
+        return [example_of(schema.get("items"), root)]
+    return {"string": "offline", "integer": 1, "number": 1.5, "boolean": True}.get(str(kind))
 
 
 def answer_pieces(body: Mapping[str, Any], min_pieces: int = 0) -> list[str]:

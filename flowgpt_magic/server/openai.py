@@ -240,4 +240,27 @@ def openai_body_problems(body: Any) -> list[str]:
         problems.append("temperature must be a number from 0 to 2")
     if not isinstance(body.get("stream", False), bool):
         problems.append("stream must be true or false")
+    wanted = body.get("response_format")
+    if wanted is not None and not _response_format_ok(wanted):
+        problems.append(
+            'response_format must be {"type": "text"}, {"type": "json_object"} or {"type": '
+            '"json_schema", "json_schema": {"name": ..., "schema": {...}}}'
+        )
     return problems
+
+
+def _response_format_ok(wanted: Any) -> bool:
+    if not isinstance(wanted, dict) or wanted.get("type") not in (
+        "text",
+        "json_object",
+        "json_schema",
+    ):
+        return False
+    if wanted["type"] != "json_schema":
+        return True
+    inner = wanted.get("json_schema")
+    return (
+        isinstance(inner, dict)
+        and isinstance(inner.get("name"), str)
+        and isinstance(inner.get("schema"), dict)
+    )
