@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_cache
 import bench_display
 import bench_history
 import bench_kernel_asyncio
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "local_model": bench_local,
     "several_models": bench_several,
     "kernel_asyncio": bench_kernel_asyncio,
+    "cached_answer": bench_cache,
 }
 
 

@@ -29,6 +29,7 @@ from .runner import Job, Runner
 
 if TYPE_CHECKING:
     from .batch import EachResult, EachView
+    from .cache import AnswerCache
     from .command import ChatRequest
     from .providers import AsyncResult
 
@@ -47,6 +48,23 @@ class Chat:
         #: thread; a deque's append and popleft are atomic).
         self._ended: deque[Callable[[], None]] = deque()
         self._no_images: set[str] = set()  # models that refused images here
+        self._cache: AnswerCache | None = None  # (FlowGptMagics.cache, opened when set)
+        #: Why answers could not be kept in the cache, for the cell to say (then cleared).
+        self.cache_problems: list[str] = []
+
+    def use_cache(self, path: str | None) -> AnswerCache | None:
+        """Take answers from the cache file at ``path`` and keep them there (None: none);
+        it is opened (checked, or made) the first time. Raises :class:`CacheError`."""
+        if self._cache is not None and path is not None and self._cache.path == _path(path):
+            return self._cache
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        if path is not None:
+            from .cache import AnswerCache
+
+            self._cache = AnswerCache(path)
+        return self._cache
 
     @property
     def conversation(self) -> Conversation:
@@ -133,13 +151,16 @@ class Chat:
                     failed.append((model, labels[row], str(request)))
                 else:
                     answer_to(request, request.messages([]), session)  # (checked now)
-                    make = functools.partial(answer_to, request, request.messages([]), session)
+                    make = functools.partial(
+                        answer_to, request, request.messages([]), session, self._cache
+                    )
                     units.append(Unit(row, model, request, make))
         pace = Pace(max(1, concurrency))
         tally = Tally(len(units) + len(failed), pace)
         tally.done = tally.failed = len(failed)
 
         def ended(reply: Reply) -> None:  # (on the runner's thread)
+            self._keep(reply)
             self._ended.append(lambda: self._learn(reply))
 
         rows = answer_rows(units, labels, models, pace, tally, view, budget.allows, ended)
@@ -182,7 +203,11 @@ class Chat:
                 if job is not None and all(r.ended for r in replies):
                     self._background.pop(job, None)
 
-            return lambda: self._ended.append(take)
+            def end() -> None:  # (on the runner's thread, as the answer ends)
+                self._keep(reply)
+                self._ended.append(take)
+
+            return end
 
         async def everyone() -> list[Any]:
             streams = (
@@ -193,6 +218,16 @@ class Chat:
 
         job = self._runner.submit(everyone())
         return job, replies
+
+    def _keep(self, reply: Reply) -> None:
+        """Keep a whole answer in the cache, as it ends (a run stopped later keeps it)."""
+        from .cache import CacheError, keeps
+
+        if self._cache is not None and reply.cache_key is not None and keeps(reply.final):
+            try:
+                self._cache.put(reply.cache_key, reply.final)
+            except CacheError as error:  # (the answer is shown all the same)
+                self.cache_problems.append(str(error))
 
     def _learn(self, reply: Reply) -> None:
         """What an answer that ended teaches: what it cost, whether its model takes images."""
@@ -216,7 +251,7 @@ class Chat:
         and the reply it makes, with the request as it is sent (within its cost limit)."""
         messages = request.messages(self.context(request) if request.sends_history else [])
         request = self._within_cost(request, messages)
-        return answer_to(request, messages, self._runner.session())
+        return answer_to(request, messages, self._runner.session(), self._cache)
 
     def _within_cost(self, request: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
         """``request``, its answer's max_tokens what its cost limit leaves for it; an error
@@ -278,15 +313,35 @@ class Chat:
         """Stop the answers still streaming, close the session, end the runner's thread."""
         self._runner.close()
         self._settle()
+        self.use_cache(None)
+
+
+def _path(path: str) -> Any:
+    from pathlib import Path
+
+    return Path(path).expanduser()
 
 
 def answer_to(
-    request: ChatRequest, messages: list[dict[str, Any]], session: Any
+    request: ChatRequest,
+    messages: list[dict[str, Any]],
+    session: Any,
+    cache: AnswerCache | None = None,
 ) -> tuple[AsyncResult, Reply]:
     """The answer stream to ``messages`` as ``request`` says (checked now, sent when it is
     read, on ``session``), and the reply it makes (which can ask again, with more
-    messages). Any thread may make one."""
+    messages); taken from ``cache`` if it holds it, unless the request says not to. Any
+    thread may make one."""
     delivery, provider = request.delivery, request.ref.entry.provider
+    key = None
+    if cache is not None and request.cache != "off":
+        from .cache import replayed, request_key
+
+        key = request_key(request, messages)
+        if request.cache == "use" and (cached := cache.get(key)) is not None:
+            reply = Reply(request, None)
+            reply.cached = cached
+            return replayed(cached), reply
 
     def stream(more: Sequence[dict[str, Any]] = ()) -> AsyncResult:
         return provider.create_async_generator(
@@ -303,5 +358,5 @@ def answer_to(
         )
 
     reply = Reply(request, estimate_tokens(messages))
-    reply.again = stream
+    reply.again, reply.cache_key = stream, key
     return stream(), reply

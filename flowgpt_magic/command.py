@@ -3,8 +3,9 @@ frozen, checked request: everything needed to send it. Nothing is sent before th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .attachments import Picture, picture_of_file
 from .exceptions import InvalidRequestError
@@ -17,6 +18,21 @@ from .record import Format, prompt_content
 
 if TYPE_CHECKING:
     from .schema import Schema
+
+CacheUse = Literal["use", "refresh", "off"]
+
+#: A key typed into a cell: api_key="...", os.environ["..._API_KEY"] = "...", %env, sk-...
+KEY_LITERAL = re.compile(
+    r"""api_key\s*=\s*[rub]?["'][^"'\s]{8,}["']"""
+    r"""|API_KEY["']\s*\]\s*=\s*[rub]?["'][^"'\s]{8,}"""
+    r"""|%env\s+\w*API_KEY[=\s]\s*\S{8,}"""
+    r"""|\bsk-[A-Za-z0-9_-]{20,}"""
+)
+KEY_IN_CELL = (
+    "■ This cell holds an API key, which the notebook keeps when it is saved. Enter keys "
+    "with %flowgpt_key instead (asked for as a password, kept in this kernel only), or "
+    "set OPENAI_API_KEY before starting Jupyter."
+)
 
 
 class Settings(NamedTuple):
@@ -97,6 +113,9 @@ class ChatRequest(NamedTuple):
     redacted: tuple[str, ...] = ()
     #: What the answer must be (--schema): asked for, and checked when it comes.
     schema: Schema | None = None
+    #: The answer cache (if one is set): taken from it if there, else asked and kept
+    #: ("use"); asked and kept anew (--refresh); neither (--no-cache).
+    cache: CacheUse = "use"
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -146,6 +165,7 @@ def build_request(
     image_files: Sequence[str] = (),
     shown: Mapping[int, Sequence[Picture]] | None = None,
     schema: Schema | None = None,
+    cache: CacheUse = "use",
 ) -> ChatRequest:
     """Check a cell's options against the notebook's settings, and fill in the prompt's
     ``{name}`` forms from ``namespace`` (None: the cell as written; ``shown``: the images
@@ -226,7 +246,21 @@ def build_request(
         inserted=tuple(inserted),
         redacted=tuple(redacted),
         schema=schema,
+        cache=cache,
     )
+
+
+def check_each_once(given: Sequence[str] | None, requests: Sequence[ChatRequest]) -> None:
+    """Refuse a cell that names a model twice (-m gpt-4o -m openai:gpt-4o)."""
+    models = [request.model for request in requests]
+    if twice := [m for m in dict.fromkeys(models) if models.count(m) > 1]:
+        named = " and ".join(
+            f"-m {m}" for m, ref in zip(given or (), models, strict=True) if ref == twice[0]
+        )
+        raise InvalidRequestError(
+            f"{named} name the same model, {twice[0]}: a cell asks each model once. To "
+            "compare two of its answers, run the cell again."
+        )
 
 
 def secrets_line(redacted: Sequence[str]) -> str:

@@ -11,16 +11,32 @@ from .record import Record, content_size, dollars
 class Account:
     """One model's requests. (A plain class: a dataclass would cost its exec() at load.)"""
 
-    __slots__ = ("cost", "input_tokens", "output_tokens", "requests", "uncounted", "unpriced")
+    __slots__ = (
+        "cached",
+        "cost",
+        "input_tokens",
+        "output_tokens",
+        "requests",
+        "saved",
+        "uncounted",
+        "unpriced",
+    )
 
     def __init__(self) -> None:
         self.requests = self.input_tokens = self.output_tokens = 0
         self.cost = 0.0
+        # Answers taken from the cache: not requests, and what they cost when asked.
+        self.cached = 0
+        self.saved = 0.0
         # Requests whose tokens the server did not count (an interrupted answer), or whose
         # cost is not known (no price): the sums leave them out.
         self.uncounted = self.unpriced = 0
 
     def add(self, record: Record) -> None:
+        if record.cached:
+            self.cached += 1
+            self.saved += record.cost or 0.0
+            return
         self.requests += 1
         usage = record.usage
         if usage is None or usage.output_tokens is None:
@@ -86,18 +102,19 @@ class Ledger:
     def total(self) -> Account:
         total = Account()
         for account in self.accounts.values():
-            for name in ("requests", "input_tokens", "output_tokens", "uncounted", "unpriced"):
+            for name in Account.__slots__:
                 setattr(total, name, getattr(total, name) + getattr(account, name))
-            total.cost += account.cost
         return total
 
     def table(self) -> str:
         """The accounts as a table, for a person to read."""
         if not self.accounts:
             return "No requests yet." + (f" {_failed(self.failed)}" if self.failed else "")
-        rows = [("model", "requests", "tokens in", "tokens out", "cost")]
+        cached = self.total().cached > 0
+        rows = [("model", "requests", "tokens in", "tokens out", "cost", *["cached"][:cached])]
         for model, account in (*self.accounts.items(), ("total", self.total())):
-            cost = dollars(account.cost) if account.unpriced < account.requests else "-"
+            priced = account.unpriced < account.requests or not account.requests
+            cost = dollars(account.cost) if priced else "-"
             if account.unpriced and cost != "-":
                 cost += "+"  # (some of its requests had no known cost)
             rows.append(
@@ -107,6 +124,7 @@ class Ledger:
                     f"{account.input_tokens:,}",
                     f"{account.output_tokens:,}",
                     cost,
+                    *[f"{account.cached:,}"][:cached],
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -132,11 +150,23 @@ class Ledger:
             )
         if self.failed:
             notes.append(_failed(self.failed))
+        if total.cached:
+            one = total.cached == 1
+            saved = f", and saved {dollars(total.saved)}, what {'it' if one else 'they'} cost"
+            notes.append(
+                f"{_count(total.cached, 'answer')} came from the cache (FlowGptMagics.cache), "
+                f"not in the sums: {'it' if one else 'they'} cost nothing now"
+                f"{saved + ' when asked' if total.saved else ''}."
+            )
         return "\n".join(lines + notes)
 
 
 def _requests(count: int) -> str:
-    return f"{count:,} request{'s' if count != 1 else ''}"
+    return _count(count, "request")
+
+
+def _count(count: int, what: str) -> str:
+    return f"{count:,} {what}{'s' if count != 1 else ''}"
 
 
 def _failed(count: int) -> str:

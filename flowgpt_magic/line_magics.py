@@ -1,7 +1,8 @@
 """The line magics: ``%flowgpt_model`` (the default model, and the models there are),
-``%flowgpt_history`` (the conversation), ``%flowgpt_usage`` (what it used and cost) and
-``%flowgpt_key`` (keys that never touch a cell). (``%%flowgpt`` and the settings are in
-``magics.py``; what both read lines and show errors with, in ``usage.py``.)"""
+``%flowgpt_history`` (the conversation), ``%flowgpt_usage`` (what it used and cost),
+``%flowgpt_cache`` (the answers kept) and ``%flowgpt_key`` (keys that never touch a cell).
+(``%%flowgpt`` and the settings are in ``magics.py``; what both read lines and show errors
+with, in ``usage.py``.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from .conversation import Conversation, exchanges
 from .providers import resolve_model
-from .reports import model_listing
+from .reports import cache_report, model_listing
 from .usage import parse, usage_errors
 
 if TYPE_CHECKING:
@@ -45,6 +46,34 @@ class LineMagics(Magics):
         self.main.default_model = model
         via = f" (alias {args.name!r})" if args.name != model else ""
         print(f"Default model is now {model}{via}.")
+
+    # -- %flowgpt_cache -----------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("--clear", action="store_true", help="Remove every answer kept.")
+    @argument(
+        "--prune", metavar="DAYS", type=float, help="Remove the answers unused for DAYS days."
+    )
+    @line_magic
+    def flowgpt_cache(self, line: str) -> None:
+        """The answer cache (FlowGptMagics.cache): its file, its answers, its size and what
+        it saved; --clear, or --prune DAYS."""
+        args = parse(self.flowgpt_cache, line)
+        if args.prune is not None and not args.prune >= 0:
+            raise UsageError(f"--prune needs a number of days, 0 or more, not {args.prune}.")
+        with usage_errors():
+            cache = self.main.chat.use_cache(self.main.cache)
+            if cache is None:
+                print(
+                    "The answer cache is off. %config FlowGptMagics.cache = 'answers.sqlite' "
+                    "keeps answers in that file (made on first use), for every kernel that "
+                    "sets it: a cell asked again the same way is answered from it, for nothing."
+                )
+                return
+            if args.clear or args.prune is not None:
+                removed = cache.clear() if args.clear else cache.prune(args.prune)
+                print(f"Removed {removed:,} answer{'s' if removed != 1 else ''} from {cache.path}.")
+            print(cache_report(cache.stats()))
 
     # -- %flowgpt_usage -----------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import keyword
-import re
 import sys
 from collections import ChainMap
 from typing import Any
@@ -13,9 +12,10 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import observe
 
 from .chat import Chat
-from .command import build_request, secrets_line
+from .command import KEY_IN_CELL, KEY_LITERAL, build_request, check_each_once, secrets_line
 from .conversation import Conversation
 from .display import code_of, open_background, open_columns, open_view
 from .prompt import ErrorLog, ShownImages
@@ -24,19 +24,6 @@ from .record import FORMATS
 from .reports import dry_run
 from .settings import FlowGptSettings
 from .usage import parse, usage_errors
-
-#: A key typed into a cell: api_key="...", os.environ["..._API_KEY"] = "...", %env, sk-...
-_KEY_LITERAL = re.compile(
-    r"""api_key\s*=\s*[rub]?["'][^"'\s]{8,}["']"""
-    r"""|API_KEY["']\s*\]\s*=\s*[rub]?["'][^"'\s]{8,}"""
-    r"""|%env\s+\w*API_KEY[=\s]\s*\S{8,}"""
-    r"""|\bsk-[A-Za-z0-9_-]{20,}"""
-)
-KEY_IN_CELL = (
-    "■ This cell holds an API key, which the notebook keeps when it is saved. Enter keys "
-    "with %flowgpt_key instead (asked for as a password, kept in this kernel only), or "
-    "set OPENAI_API_KEY before starting Jupyter."
-)
 
 
 @magics_class
@@ -70,10 +57,14 @@ class FlowGptMagics(Magics, FlowGptSettings):
             if hasattr(shell.display_pub, "register_hook"):
                 shell.display_pub.register_hook(self._note_display)
 
+    @observe("cache")
+    def _close_cache(self, change: Any) -> None:
+        self.chat.use_cache(None)  # (the file is let go at once; the next cell opens its own)
+
     def _note_cell(self, info: Any) -> None:
         self._cell_id = getattr(info, "cell_id", None)
         self._numbered = bool(getattr(info, "store_history", False))
-        if _KEY_LITERAL.search(getattr(info, "raw_cell", "") or ""):
+        if KEY_LITERAL.search(getattr(info, "raw_cell", "") or ""):
             print(KEY_IN_CELL, file=sys.stderr)
 
     def _note_display(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +173,13 @@ class FlowGptMagics(Magics, FlowGptSettings):
         "instance of NAME. An answer that does not follow it is asked again once.",
     )
     @argument(
+        "--refresh",
+        action="store_true",
+        help="Ask again, though the answer cache (FlowGptMagics.cache) holds the answer; "
+        "keep the new one there.",
+    )
+    @argument("--no-cache", action="store_true", help="Neither take from the cache nor keep.")
+    @argument(
         "--insert",
         action="store_true",
         help="Put the answer's code (its code blocks; with -f code, its code) into a new cell "
@@ -256,7 +254,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         with usage_errors():
             settings = self.settings()
             namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
-            schema = self._schema(args.schema)
+            schema, cache = self._schema(args.schema), self._cache_use(args)
             requests = [
                 build_request(
                     cell,
@@ -275,18 +273,11 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     image_files=args.image,
                     shown=self.shown,
                     schema=schema,
+                    cache=cache,
                 )
                 for model in args.model or [None]
             ]
-            models = [request.model for request in requests]
-            if twice := [m for m in dict.fromkeys(models) if models.count(m) > 1]:
-                given = " and ".join(
-                    f"-m {m}" for m, ref in zip(args.model, models, strict=True) if ref == twice[0]
-                )
-                raise UsageError(
-                    f"{given} name the same model, {twice[0]}: a cell asks each model once. "
-                    "To compare two of its answers, run the cell again."
-                )
+            check_each_once(args.model, requests)
             if requests[0].redacted:
                 print(secrets_line(requests[0].redacted))
             for request in requests:
@@ -318,6 +309,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     widget, [r.model for r in requests], answer_format, self.footer
                 )
                 records = self.chat.ask_all(requests, views)
+        self._cache_problems()
         from .schema import answer_value
 
         kept = {r.model: answer_value(r.answer, answer_format, schema) for r in records if r.answer}
@@ -338,11 +330,26 @@ class FlowGptMagics(Magics, FlowGptSettings):
 
         return schema_named(name, self._namespace)
 
+    def _cache_use(self, args: Any) -> Any:
+        """How the cell uses the answer cache (opened now, if it is set)."""
+        if args.refresh and args.no_cache:
+            raise UsageError("--refresh keeps the new answer in the cache; --no-cache does not.")
+        self.chat.use_cache(self.cache)
+        return "refresh" if args.refresh else "off" if args.no_cache else "use"
+
+    def _cache_problems(self) -> None:
+        problems, self.chat.cache_problems[:] = set(self.chat.cache_problems), []
+        for problem in problems:
+            print(f"(The answer was not kept in the cache: {problem})", file=sys.stderr)
+
     def _each(self, args: Any, cell: str) -> None:
         """The cell asked of every row of ``--each NAME`` (see ``rows.py``)."""
         from .rows import answer_each
 
-        value = answer_each(self, args, cell)
+        try:
+            value = answer_each(self, args, cell)
+        finally:
+            self._cache_problems()
         self._namespace["_flowgpt"] = value
         if args.output:
             self._namespace[args.output] = value

@@ -78,6 +78,9 @@ class Record(NamedTuple):
     #: What was wrong with the first answer, when the model was asked again (it did not
     #: follow the schema asked for); this answer is then the second, and the usage both's.
     asked_again: str | None = None
+    #: Taken from the answer cache (FlowGptMagics.cache): the times, usage and cost are
+    #: those of when it was asked (at ``time``); it cost nothing now.
+    cached: bool = False
 
     @property
     def in_conversation(self) -> bool:
@@ -99,10 +102,17 @@ class Record(NamedTuple):
         model = self.model
         if self.served_by and not _same_model(self.model, self.served_by):
             model += f" (answered by {self.served_by})"
+        if self.cached:
+            when = "" if self.time is None else f" {_short_time(self.time)}"
+            timing = [f"cached: answered{when} in {self.total_seconds or 0.0:.2f} s"]
+        else:
+            timing = [
+                f"first piece in {first:.2f} s" if first is not None else "no piece",
+                f"{self.total_seconds or 0.0:.2f} s in all",
+            ]
         parts = [
             model,
-            f"first piece in {first:.2f} s" if first is not None else "no piece",
-            f"{self.total_seconds or 0.0:.2f} s in all",
+            *timing,
             self._tokens() or _count(self.pieces, "piece"),
             *([dollars(self.cost)] if self.cost is not None else []),
             f"{len(self.answer):,} characters",
@@ -118,7 +128,8 @@ class Record(NamedTuple):
         if usage.input_tokens is not None:
             text = f"{_count(usage.input_tokens, 'token')} in, {usage.output_tokens:,} out"
         writing = (self.total_seconds or 0.0) - (self.first_piece_seconds or 0.0)
-        if usage.output_tokens > 1 and writing >= MEASURED:  # (not for an answer at once)
+        # (Not for an answer at once, nor one from the cache: that was another time.)
+        if usage.output_tokens > 1 and writing >= MEASURED and not self.cached:
             text += f" ({usage.output_tokens / writing:,.0f} a second)"
         return text
 
@@ -232,6 +243,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "tool_calls": list,
     "max_cost": _NUMBER,
     "asked_again": str,
+    "cached": bool,
 }
 
 
@@ -299,6 +311,11 @@ def record_in(output: Any) -> Record | None:
         return Record.from_json(data)
     except ValueError:
         return None
+
+
+def _short_time(time: float) -> str:
+    """When, to the minute, in this computer's time zone: 2026-12-03 14:02."""
+    return datetime.fromtimestamp(time).strftime("%Y-%m-%d %H:%M")
 
 
 def iso_time(time: float) -> str:

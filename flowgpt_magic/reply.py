@@ -25,6 +25,7 @@ from .providers.events import (
 from .record import Outcome, Record
 
 if TYPE_CHECKING:
+    from .cache import Cached
     from .command import ChatRequest
     from .providers import AsyncResult
 
@@ -205,6 +206,9 @@ class Reply:
         self.again: Callable[[list[dict[str, Any]]], AsyncResult] | None = None
         self.asked_again: str | None = None
         self._spent: Usage | None = None  # what the answers set aside used
+        #: The answer cache's entry the answer is (taken from it), or is to be kept under.
+        self.cached: Cached | None = None
+        self.cache_key: str | None = None
 
     def set_aside(self) -> None:
         """Start over, the answer so far set aside (what it used still counts)."""
@@ -261,6 +265,8 @@ class Reply:
             max_cost=request.max_cost,
             asked_again=self.asked_again,
         )
+        if self.cached is not None:  # (as it was when asked: it costs nothing now)
+            return record._replace(**self.cached._asdict(), cached=True)
         return record._replace(cost=cost_of(record, request.price))
 
 

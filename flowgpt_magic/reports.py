@@ -12,6 +12,7 @@ from .providers import PROVIDERS, ProviderEntry, resolve_model
 from .record import content_size, dollars
 
 if TYPE_CHECKING:
+    from .cache import Stats
     from .chat import Chat
     from .command import ChatRequest, Settings
 
@@ -113,6 +114,30 @@ def each_dry_run(
     if unmade:
         lines.append(f"{unmade:,} rows' prompts could not be made: they would fail.")
     return "\n".join(lines)
+
+
+def cache_report(stats: Stats) -> str:
+    """What ``%flowgpt_cache`` says of the answer cache."""
+    size = stats.size / 2**20
+    lines = [
+        f"Answer cache: {stats.path}",
+        f"{stats.entries:,} answer{'s' if stats.entries != 1 else ''}, {size:,.1f} MiB"
+        + _span(stats.oldest, stats.newest),
+        f"Taken from it {stats.hits:,} time{'s' if stats.hits != 1 else ''}, which saved "
+        f"{dollars(stats.saved_cost)} (what those answers cost when asked; known prices "
+        f"only) and {stats.saved_seconds:,.1f} s of waiting.",
+    ]
+    return "\n".join(lines)
+
+
+def _span(oldest: float | None, newest: float | None) -> str:
+    from .record import iso_time
+
+    if oldest is None or newest is None:
+        return ""
+    if iso_time(oldest) == iso_time(newest):
+        return f", asked at {iso_time(oldest)}"
+    return f", asked from {iso_time(oldest)} to {iso_time(newest)}"
 
 
 def model_listing(chat: Chat, settings: Settings) -> str:

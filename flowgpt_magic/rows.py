@@ -224,6 +224,7 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         "image_files": args.image,
         "shown": magics.shown,
         "schema": magics._schema(args.schema),
+        "cache": magics._cache_use(args),
     }
     answer_format = "json" if args.schema else args.format or settings.answer_format
     keep = partial(answer_value, answer_format=answer_format, schema=options["schema"])
@@ -341,6 +342,8 @@ def _on_cluster(
         raise InvalidRequestError(
             "--into writes into a pandas DataFrame; over Dask, join _flowgpt to it yourself."
         )
+    if magics.cache is not None and options["cache"] != "off":
+        print("(Over a Dask cluster the workers ask, and the answer cache is not used.)")
     settings = magics.settings()
     local = magics.provider_settings.get("local")
     spec = spec_for(cell, args.model or [None], settings, options, concurrency, limit, local)

@@ -131,6 +131,20 @@ class FlowGptSettings(Configurable):
         "first and last rows), a longer value is cut there and says so.",
     ).tag(config=True)
 
+    cache = Unicode(
+        None,
+        allow_none=True,
+        help="A file to keep answers in (SQLite, made on first use), e.g. 'answers.sqlite': "
+        "a request asked before, the same in every way that decides its answer, is answered "
+        "from it at once, for nothing (--refresh asks again, --no-cache skips it). None or "
+        "'off': no cache.",
+    ).tag(config=True)
+
+    @validate("cache")
+    def _cache_off(self, proposal: Any) -> str | None:
+        value = proposal.value
+        return None if value is None or value.strip() in ("", "off") else value
+
     @validate("prices")
     def _check_prices(self, proposal: Any) -> dict[str, tuple[float, float]]:
         checked = {}

@@ -790,3 +790,30 @@ def test_an_answer_off_its_schema_gives_way_to_the_one_asked_again(
     )
     assert highlighted > 3, "the JSON is not shown as highlighted code"
     assert notebook.run_and_wait(4) == "Review(sentiment='positive', score=1)"
+
+
+def test_a_cached_answer_shows_at_once_and_says_so(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer, lab: Lab
+) -> None:
+    cache = lab.root / f"{lab.frontend}-answers.sqlite"
+    cache.unlink(missing_ok=True)
+    notebook = open_notebook(
+        [
+            f"%config FlowGptMagics.cache = {str(cache)!r}",
+            "%%flowgpt --no-history\nWhat is a notebook?",
+            "%%flowgpt --no-history\nWhat is a notebook?",
+            "%flowgpt_usage",
+        ]
+    )
+    notebook.run_and_wait(1)
+    first = notebook.run_and_wait(2)
+    second = notebook.run_and_wait(3)
+    wait_until(lambda: "cached: answered" in notebook.output(3), 10, "the cached answer")
+    second = notebook.output(3)
+    notebook.screenshot("cached.png", of_cell=3)
+    assert len(flowgpt_server.state.requests) == 1
+    answer, footer = second.rsplit("\n", 1)
+    assert answer.strip() == first.rsplit("\n", 1)[0].strip()
+    assert re.fullmatch(r"gpt-3\.5-turbo · cached: answered [\d-]+ [\d:]+ in [\d.]+ s · .*", footer)
+    usage = notebook.run_and_wait(4)
+    assert "1 answer came from the cache (FlowGptMagics.cache)" in usage
