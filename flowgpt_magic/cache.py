@@ -194,14 +194,20 @@ class AnswerCache:
                 "FlowGptMagics.cache at another file."
             )
         if marked == 0:
-            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            if tables:
-                raise self._foreign(f"an SQLite database with the tables {_names(tables)}")
-            db.execute("BEGIN IMMEDIATE")  # (two kernels making it at once: one does)
+            # (Two kernels making it at once: one does, and the other, once it may write,
+            # finds it made. So it is looked at again inside the transaction.)
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(_TABLE)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {VERSION}")
+                (marked,) = db.execute("PRAGMA application_id").fetchone()
+                if marked == 0:
+                    tables = db.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    ).fetchall()
+                    if tables:
+                        raise self._foreign(f"an SQLite database with the tables {_names(tables)}")
+                    db.execute(_TABLE)
+                    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    db.execute(f"PRAGMA user_version = {VERSION}")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
