@@ -122,6 +122,7 @@ def keeps(record: Record) -> bool:
         and bool(record.answer)
         and record.finish_reason not in ("length", "content_filter")
         and not record.tool_calls
+        and not record.tool_runs  # (its functions would not run: an answer of another day)
     )
 
 

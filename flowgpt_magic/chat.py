@@ -30,8 +30,10 @@ from .runner import Job, Runner
 if TYPE_CHECKING:
     from .batch import EachResult, EachView
     from .cache import AnswerCache
-    from .command import ChatRequest
+    from .command import ChatRequest, Settings
+    from .functions import ToolRun
     from .providers import AsyncResult
+    from .providers.events import ToolCall
 
 
 class Chat:
@@ -51,6 +53,9 @@ class Chat:
         self._cache: AnswerCache | None = None  # (FlowGptMagics.cache, opened when set)
         #: Why answers could not be kept in the cache, for the cell to say (then cleared).
         self.cache_problems: list[str] = []
+        #: The notebook's settings as they are: the secrets a function call's result may
+        #: not hold, the most characters it may have.
+        self.settings: Callable[[], Settings] | None = None
 
     def use_cache(self, path: str | None) -> AnswerCache | None:
         """Take answers from the cache file at ``path`` and keep them there (None: none);
@@ -192,6 +197,9 @@ class Chat:
 
         pairs = list(zip(requests, views, strict=True))
         answers, replies = map(list, zip(*(self._send(r) for r, _ in pairs), strict=True))
+        for reply in replies:
+            if reply.request.tools:
+                reply.run_tool = functools.partial(self._run_tool, reply.request)
         asked = self._ask_next()
         job: Job[Any] | None = None
 
@@ -218,6 +226,24 @@ class Chat:
 
         job = self._runner.submit(everyone())
         return job, replies
+
+    async def _run_tool(self, request: ChatRequest, call: ToolCall) -> ToolRun:
+        """Run a function call the model asked for, on the cell's thread (where the
+        notebook's code runs), once the person says so; what it gives, its secrets hidden."""
+        import builtins
+
+        from .functions import run_call
+        from .prompt import redact
+
+        def run() -> ToolRun:
+            settings = self.settings() if self.settings is not None else None
+            most = settings.value_chars if settings is not None else 4_000
+            # (builtins.input as it is then: ipykernel's, which asks in the frontend.)
+            run = run_call(request.tools, call, request.approve, builtins.input, most)
+            secrets = settings.secrets() if settings is not None else {}
+            return run._replace(result=redact(run.result, secrets)[0])
+
+        return await self._runner.on_waiting_thread(run)
 
     def _keep(self, reply: Reply) -> None:
         """Keep a whole answer in the cache, as it ends (a run stopped later keeps it)."""
@@ -287,6 +313,7 @@ class Chat:
             request.context_chars,
             excluding_cell=request.cell_id,
             images=self._sends_images(request),
+            tools="tool" in request.ref.entry.provider.roles,
         )
 
     def _sends_images(self, request: ChatRequest) -> bool:

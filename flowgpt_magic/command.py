@@ -17,6 +17,7 @@ from .providers.http import Delivery
 from .record import Format, prompt_content
 
 if TYPE_CHECKING:
+    from .functions import Tool
     from .schema import Schema
 
 CacheUse = Literal["use", "refresh", "off"]
@@ -116,6 +117,10 @@ class ChatRequest(NamedTuple):
     #: The answer cache (if one is set): taken from it if there, else asked and kept
     #: ("use"); asked and kept anew (--refresh); neither (--no-cache).
     cache: CacheUse = "use"
+    #: The notebook's functions the model may call (--tools), and whether they run unasked.
+    tools: tuple[Tool, ...] = ()
+    approve: bool = False
+    tool_rounds: int = 5
 
     def __repr__(self) -> str:
         # Not the options (a key, a proxy's password) nor the prompt (it may be long).
@@ -166,6 +171,9 @@ def build_request(
     shown: Mapping[int, Sequence[Picture]] | None = None,
     schema: Schema | None = None,
     cache: CacheUse = "use",
+    tools: tuple[Tool, ...] = (),
+    approve: bool = False,
+    tool_rounds: int = 5,
 ) -> ChatRequest:
     """Check a cell's options against the notebook's settings, and fill in the prompt's
     ``{name}`` forms from ``namespace`` (None: the cell as written; ``shown``: the images
@@ -223,6 +231,10 @@ def build_request(
         chosen = "json"  # (asked for with -p response_format=...: shown as what it is)
     if chosen == "json" and "response_format" not in params_given:
         params_given["response_format"] = {"type": "json_object"}
+    if tools:
+        if "tools" in cells_params:
+            raise InvalidRequestError("--tools sends its own tools: leave -p tools out.")
+        params_given["tools"] = [tool.spec for tool in tools]
     return ChatRequest(
         prompt=prompt,
         ref=ref,
@@ -247,6 +259,9 @@ def build_request(
         redacted=tuple(redacted),
         schema=schema,
         cache=cache,
+        tools=tools,
+        approve=approve,
+        tool_rounds=tool_rounds,
     )
 
 

@@ -107,11 +107,12 @@ class Conversation:
         max_chars: int | None = None,
         excluding_cell: str | None = None,
         images: bool = True,
+        tools: bool = True,
     ) -> list[dict[str, Any]]:
         """The messages of the exchanges ``sent`` gives (with their images, unless not
-        ``images``)."""
+        ``images``; with their function calls, unless not ``tools``)."""
         records = self.sent(max_turns, max_chars, excluding_cell)
-        return [message for record in records for message in record.wire_messages(images)]
+        return [m for record in records for m in record.wire_messages(images, tools)]
 
     def transcript(self) -> str:
         """A readable rendering: who said what, in order, from which cell, when."""
@@ -127,6 +128,8 @@ class Conversation:
             details = ", ".join(part for part in (record.model, when) if part)
             assistant = f"Assistant ({details})" if details else "Assistant"
             for speaker, text in ((you, record.prompt), (assistant, record.answer)):
+                if speaker is assistant and record.tool_runs:  # (what it called, first)
+                    lines.append("\n" + "\n".join(f"Called {r.line()}" for r in record.tool_runs))
                 lines.append(f"\n{speaker}:\n    " + text.replace("\n", "\n    "))
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from .chat import Chat
 from .command import KEY_IN_CELL, KEY_LITERAL, build_request, check_each_once, secrets_line
 from .conversation import Conversation
 from .display import code_of, open_background, open_columns, open_view
+from .options import cell_options, say_cache_problems
 from .prompt import ErrorLog, ShownImages
 from .providers import PROVIDERS
 from .record import FORMATS
@@ -37,6 +38,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.chat = Chat()
+        self.chat.settings = self.settings  # (what a function call's result may hold)
         self.errors = ErrorLog()  # for {Err} and {Err[3]} in prompts
         self.shown = ShownImages()  # for the images of {Out[3]}
         self._cell_id: str | None = None  # the running cell's id, when the frontend says
@@ -180,6 +182,14 @@ class FlowGptMagics(Magics, FlowGptSettings):
     )
     @argument("--no-cache", action="store_true", help="Neither take from the cache nor keep.")
     @argument(
+        "--tools",
+        metavar="F,G",
+        help="Let the model call the notebook's functions F and G (and the built-in "
+        "variables, describe); each call is shown and asked about before it runs. "
+        "Default: FlowGptMagics.tools.",
+    )
+    @argument("--approve", action="store_true", help="Run the calls without asking.")
+    @argument(
         "--insert",
         action="store_true",
         help="Put the answer's code (its code blocks; with -f code, its code) into a new cell "
@@ -254,7 +264,8 @@ class FlowGptMagics(Magics, FlowGptSettings):
         with usage_errors():
             settings = self.settings()
             namespace = None if args.raw else ChainMap({"Err": self.errors}, self._namespace)
-            schema, cache = self._schema(args.schema), self._cache_use(args)
+            options = cell_options(self, args)
+            schema = options.schema
             requests = [
                 build_request(
                     cell,
@@ -273,7 +284,10 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     image_files=args.image,
                     shown=self.shown,
                     schema=schema,
-                    cache=cache,
+                    cache=options.cache,
+                    tools=options.tools,
+                    approve=options.approve,
+                    tool_rounds=self.tool_rounds,
                 )
                 for model in args.model or [None]
             ]
@@ -309,7 +323,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
                     widget, [r.model for r in requests], answer_format, self.footer
                 )
                 records = self.chat.ask_all(requests, views)
-        self._cache_problems()
+        say_cache_problems(self.chat)
         from .schema import answer_value
 
         kept = {r.model: answer_value(r.answer, answer_format, schema) for r in records if r.answer}
@@ -322,26 +336,6 @@ class FlowGptMagics(Magics, FlowGptSettings):
         if args.insert:
             self._insert(records[0].answer, answer_format)
 
-    def _schema(self, name: str | None) -> Any:
-        """The schema ``--schema NAME`` names, if any."""
-        if name is None:
-            return None
-        from .schema import schema_named
-
-        return schema_named(name, self._namespace)
-
-    def _cache_use(self, args: Any) -> Any:
-        """How the cell uses the answer cache (opened now, if it is set)."""
-        if args.refresh and args.no_cache:
-            raise UsageError("--refresh keeps the new answer in the cache; --no-cache does not.")
-        self.chat.use_cache(self.cache)
-        return "refresh" if args.refresh else "off" if args.no_cache else "use"
-
-    def _cache_problems(self) -> None:
-        problems, self.chat.cache_problems[:] = set(self.chat.cache_problems), []
-        for problem in problems:
-            print(f"(The answer was not kept in the cache: {problem})", file=sys.stderr)
-
     def _each(self, args: Any, cell: str) -> None:
         """The cell asked of every row of ``--each NAME`` (see ``rows.py``)."""
         from .rows import answer_each
@@ -349,7 +343,7 @@ class FlowGptMagics(Magics, FlowGptSettings):
         try:
             value = answer_each(self, args, cell)
         finally:
-            self._cache_problems()
+            say_cache_problems(self.chat)
         self._namespace["_flowgpt"] = value
         if args.output:
             self._namespace[args.output] = value

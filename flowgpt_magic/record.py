@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from .attachments import Picture
+from .functions import ToolRun
 from .providers.events import ToolCall, Usage
 
 #: Seconds of writing, at least, for the footer to say how many tokens a second it wrote.
@@ -81,17 +82,24 @@ class Record(NamedTuple):
     #: Taken from the answer cache (FlowGptMagics.cache): the times, usage and cost are
     #: those of when it was asked (at ``time``); it cost nothing now.
     cached: bool = False
+    #: The function calls the model asked for and what came of each (--tools), before
+    #: this answer.
+    tool_runs: tuple[ToolRun, ...] = ()
 
     @property
     def in_conversation(self) -> bool:
         """Whether this exchange belongs in the conversation: complete, and recorded."""
         return self.outcome == "complete" and self.recorded
 
-    def wire_messages(self, images: bool = True) -> list[dict[str, Any]]:
+    def wire_messages(self, images: bool = True, tools: bool = True) -> list[dict[str, Any]]:
         """The exchange as context: the prompt (with its images, unless not ``images``:
-        their labels stay in its text) and the answer (never the reasoning)."""
+        their labels stay in its text), the function calls and their results (unless not
+        ``tools``), and the answer (never the reasoning)."""
+        content = prompt_content(self.prompt, self.images if images else ())
+        calls = tool_messages(self.tool_runs) if tools else []
         return [
-            {"role": "user", "content": prompt_content(self.prompt, self.images if images else ())},
+            {"role": "user", "content": content},
+            *calls,
             {"role": "assistant", "content": self.answer},
         ]
 
@@ -174,6 +182,7 @@ class Record(NamedTuple):
         data["time"] = None if self.time is None else iso_time(self.time)
         data["images"] = [image.to_json(inline_images) for image in self.images]
         data["tool_calls"] = [call._asdict() for call in self.tool_calls]
+        data["tool_runs"] = [run.to_json() for run in self.tool_runs]
         return data
 
     @classmethod
@@ -211,6 +220,8 @@ class Record(NamedTuple):
             fields["images"] = tuple(map(Picture.from_json, fields["images"]))
         if "tool_calls" in fields:
             fields["tool_calls"] = tuple(map(_tool_call, fields["tool_calls"]))
+        if "tool_runs" in fields:
+            fields["tool_runs"] = tuple(map(ToolRun.from_json, fields["tool_runs"]))
         return cls(**fields)
 
 
@@ -244,6 +255,7 @@ _KINDS: dict[str, type | tuple[type, ...]] = {
     "max_cost": _NUMBER,
     "asked_again": str,
     "cached": bool,
+    "tool_runs": list,
 }
 
 
@@ -274,8 +286,11 @@ def prompt_content(text: str, images: tuple[Picture, ...]) -> str | list[dict[st
     return [{"type": "text", "text": text}, *parts] if parts else text
 
 
-def content_size(content: str | list[dict[str, Any]]) -> tuple[int, int]:
-    """A message's content measured: the characters of its text, and its images."""
+def content_size(content: str | list[dict[str, Any]] | None) -> tuple[int, int]:
+    """A message's content measured: the characters of its text, and its images (None:
+    an assistant's message that calls functions)."""
+    if content is None:
+        return 0, 0
     if isinstance(content, str):
         return len(content), 0
     text = sum(len(part["text"]) for part in content if part["type"] == "text")
@@ -311,6 +326,19 @@ def record_in(output: Any) -> Record | None:
         return Record.from_json(data)
     except ValueError:
         return None
+
+
+def tool_messages(runs: tuple[ToolRun, ...]) -> list[dict[str, Any]]:
+    """Function calls and their results as OpenAI's messages: the assistant's calls, then
+    each call's result."""
+    if not runs:
+        return []
+    calls = [
+        {"id": r.id, "type": "function", "function": {"name": r.name, "arguments": r.arguments}}
+        for r in runs
+    ]
+    results = [{"role": "tool", "tool_call_id": r.id, "content": r.result} for r in runs]
+    return [{"role": "assistant", "content": None, "tool_calls": calls}, *results]
 
 
 def _short_time(time: float) -> str:

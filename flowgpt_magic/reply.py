@@ -6,11 +6,12 @@ No IPython here: a view (``display``) is whatever follows the ``View`` protocol.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import FlowGptError, RequestFailedError
+from .functions import call_line
 from .ledger import cost_of
 from .providers.events import (
     Event,
@@ -22,11 +23,12 @@ from .providers.events import (
     ToolCall,
     Usage,
 )
-from .record import Outcome, Record
+from .record import Outcome, Record, tool_messages
 
 if TYPE_CHECKING:
     from .cache import Cached
     from .command import ChatRequest
+    from .functions import ToolRun
     from .providers import AsyncResult
 
 
@@ -71,6 +73,8 @@ async def show_answer(
     try:
         view.begin()
         await _receive(answer, view, reply)
+        if reply.tool_calls and reply.run_tool is not None:
+            await _use_tools(view, reply)
         if reply.tool_calls:
             raise RequestFailedError(tools_asked(reply.tool_calls))
         if reply.request.schema is not None:
@@ -153,6 +157,36 @@ async def _follows_schema(view: View, reply: Reply) -> None:
         await _receive(reply.again(follow_up), view, reply)
 
 
+async def _use_tools(view: View, reply: Reply) -> None:
+    """Run the calls the model asked for (each once the person says so), send it what they
+    gave, and read its answer on; at most ``FlowGptMagics.tool_rounds`` rounds."""
+    assert reply.run_tool is not None and reply.again is not None
+    more: list[dict[str, Any]] = []
+    for _ in range(reply.request.tool_rounds):
+        runs = []
+        for call in reply.tool_calls:
+            if not reply.request.approve:  # (not "Waiting for the model" while it waits for you)
+                view.again(f"{reply.request.model} asks to run {call_line(call)}.")
+            paused = time.monotonic()
+            run = await reply.run_tool(call)
+            reply.started += time.monotonic() - paused  # (the footer's times: the model's)
+            runs.append(run)
+            view.again(run.line())
+        reply.tool_runs.extend(runs)
+        more += tool_messages(tuple(runs))
+        if text := "".join(reply.pieces):  # (what it said before calling: its message's)
+            more[-len(runs) - 1]["content"] = text
+        reply.set_aside()
+        await _receive(reply.again(more), view, reply)
+        if not reply.tool_calls:
+            return
+    raise RequestFailedError(
+        f"The model still asked for function calls after {reply.request.tool_rounds} rounds "
+        f"of them ({len(reply.tool_runs)} calls); nothing was added to the conversation. Raise "
+        "FlowGptMagics.tool_rounds, or ask for less."
+    )
+
+
 def tools_asked(calls: list[ToolCall]) -> str:
     """What to say of an answer that asked for function calls, which the magic does not run."""
     asked = " and ".join(f"{call.name}({call.arguments})" for call in calls)
@@ -209,6 +243,9 @@ class Reply:
         #: The answer cache's entry the answer is (taken from it), or is to be kept under.
         self.cached: Cached | None = None
         self.cache_key: str | None = None
+        #: What runs a function call the model asked for (--tools), and what came of each.
+        self.run_tool: Callable[[ToolCall], Awaitable[ToolRun]] | None = None
+        self.tool_runs: list[ToolRun] = []
 
     def set_aside(self) -> None:
         """Start over, the answer so far set aside (what it used still counts)."""
@@ -216,6 +253,7 @@ class Reply:
         self.pieces.clear()
         self.reasoning.clear()
         self.finish_reason = None
+        self.tool_calls = []
 
     def take(self, event: Event, view: View) -> None:
         match event:
@@ -264,6 +302,7 @@ class Reply:
             tool_calls=tuple(self.tool_calls),
             max_cost=request.max_cost,
             asked_again=self.asked_again,
+            tool_runs=tuple(self.tool_runs),
         )
         if self.cached is not None:  # (as it was when asked: it costs nothing now)
             return record._replace(**self.cached._asdict(), cached=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .batch import EachResult, EachView
 from .command import ChatRequest, Settings, build_request
 from .exceptions import FlowGptError, InvalidRequestError, RowsInterrupted
+from .options import cell_options
 
 if TYPE_CHECKING:
     from .chat import Chat
@@ -216,6 +217,12 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         raise InvalidRequestError(f"--into writes a column of a DataFrame; {args.each} is not one.")
     settings = magics.settings()
     limit = parse_dollars(args.max_cost) if args.max_cost is not None else settings.max_cost
+    chosen = cell_options(magics, args)
+    if chosen.tools and args.tools is not None:  # (FlowGptMagics.tools: not offered)
+        raise InvalidRequestError(
+            "--each asks every row on its own, and --tools would stop at each row to ask: "
+            "they do not go together. Ask one row first, with --tools."
+        )
     options = {
         "temperature": args.temperature,
         "system": args.system,
@@ -223,8 +230,8 @@ def answer_each(magics: Any, args: Any, cell: str) -> Any:
         "answer_format": args.format,
         "image_files": args.image,
         "shown": magics.shown,
-        "schema": magics._schema(args.schema),
-        "cache": magics._cache_use(args),
+        "schema": chosen.schema,
+        "cache": chosen.cache,
     }
     answer_format = "json" if args.schema else args.format or settings.answer_format
     keep = partial(answer_value, answer_format=answer_format, schema=options["schema"])

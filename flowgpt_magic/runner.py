@@ -21,6 +21,7 @@ ends with ``KeyboardInterrupt``. A second SIGINT ends the wait at once.
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -93,6 +94,10 @@ class Runner:
         self._session: aiohttp.ClientSession | None = None
         self._jobs: set[Job[Any]] = set()
         self._lock = threading.Lock()
+        #: What answers ask the waiting thread to run (a function call of the notebook's),
+        #: and what wakes that thread: set when a job ends, or something is asked.
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Job[T]:
         """Start ``coroutine`` on the runner's loop, in a copy of the caller's context."""
@@ -108,14 +113,15 @@ class Runner:
     def wait(self, job: Job[T]) -> T:
         """The job's result, once it has one; SIGINT meanwhile (the stop button, Ctrl-C)
         cancels it, and once it has unwound, ``KeyboardInterrupt`` is raised."""
-        interrupted = threading.Event()
-        with _sigint_cancels(job, interrupted):
+        interrupted, wake = threading.Event(), self._wake
+        job.future.add_done_callback(lambda _: wake.set())
+        with _sigint_cancels(job, interrupted) as sigint:
             try:
-                while True:
-                    try:
-                        return job.future.result(timeout=WAKE)
-                    except TimeoutError:
-                        continue
+                while not job.done:
+                    wake.wait(WAKE)
+                    wake.clear()
+                    self._run_calls(sigint)
+                return job.future.result()
             except concurrent.futures.CancelledError:
                 if interrupted.is_set():
                     raise KeyboardInterrupt from None
@@ -125,6 +131,36 @@ class Runner:
                 with suppress(BaseException):
                     job.future.result(timeout=UNWIND)
                 raise
+
+    async def on_waiting_thread(self, function: Callable[[], T]) -> T:
+        """``function``'s value, run on the thread that waits for the answer: the cell's,
+        where the notebook's code runs. The stop button stops it there (KeyboardInterrupt)
+        and the answer with it. (Not for a background answer: nothing waits for it.)"""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((function, future, loop))
+        self._wake.set()
+        return await future
+
+    def _run_calls(self, sigint: _sigint_cancels) -> None:
+        while True:
+            try:
+                function, future, loop = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            sigint.in_call = True
+            try:
+                value = function()
+            except KeyboardInterrupt:
+                continue  # (the answer is cancelled: its future goes with it)
+            except BaseException as error:
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_settle, future, value, None)
+            finally:
+                sigint.in_call = False
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """``coroutine``'s result, run on the runner's loop (the stop button stops it)."""
@@ -194,6 +230,15 @@ class Runner:
             return self._loop
 
 
+def _settle(future: Any, value: Any, error: BaseException | None) -> None:  # (on the loop)
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 class _sigint_cancels:
     """While a job is waited for on the main thread, SIGINT cancels it."""
 
@@ -201,10 +246,13 @@ class _sigint_cancels:
         self._job, self._interrupted = job, interrupted
         self._previous: Callable[[int, FrameType | None], Any] | int | None = None
         self._set = threading.current_thread() is threading.main_thread()
+        #: A function of the notebook runs on this thread: SIGINT stops it too.
+        self.in_call = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _sigint_cancels:
         if self._set:  # (signal handlers can only be set from the main thread)
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._set:  # (None: a handler not set from Python; the default, then)
@@ -215,3 +263,5 @@ class _sigint_cancels:
             raise KeyboardInterrupt
         self._interrupted.set()
         self._job.cancel()
+        if self.in_call:
+            raise KeyboardInterrupt

@@ -229,6 +229,29 @@ def _object_schema(kind: type, defs: dict[str, Any]) -> dict[str, Any]:
 _SCALARS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
+def type_schema(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a type hint (a function's parameter), the types it refers to put
+    in ``defs``; a pydantic model's own. ``InvalidRequestError`` for one that cannot be."""
+    if isinstance(hint, type) and hasattr(hint, "model_json_schema"):
+        described = dict(hint.model_json_schema())
+        defs.update(described.pop("$defs", {}))
+        return described
+    return _type_schema(hint, defs)
+
+
+def value_as(hint: Any, data: Any, where: str) -> Any:
+    """``data`` (JSON) as ``hint`` wants it: dataclasses made, a pydantic model validated;
+    ``ValueError`` saying where it is not."""
+    if isinstance(hint, type) and hasattr(hint, "model_validate"):
+        try:
+            return hint.model_validate(data)
+        except Exception as error:  # (pydantic's ValidationError)
+            raise ValueError(
+                _pydantic_errors(error) if hasattr(error, "errors") else error
+            ) from None
+    return _checked(hint, data, where)
+
+
 def _type_schema(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:

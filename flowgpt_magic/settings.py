@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from .command import Settings
@@ -138,6 +138,23 @@ class FlowGptSettings(Configurable):
         "a request asked before, the same in every way that decides its answer, is answered "
         "from it at once, for nothing (--refresh asks again, --no-cache skips it). None or "
         "'off': no cache.",
+    ).tag(config=True)
+
+    tools = List(
+        Unicode(),
+        help="The notebook's functions every cell lets the model call (names, as --tools "
+        "gives them; 'variables' and 'describe' are built in). A cell's --tools overrides it.",
+    ).tag(config=True)
+    approve_tools = Bool(
+        False,
+        help="Run the function calls a model asks for without asking first (as --approve "
+        "does), for the person who chose that.",
+    ).tag(config=True)
+    tool_rounds = Int(
+        5,
+        min=1,
+        help="The most rounds of function calls an answer may take before the model must "
+        "answer; then one line says it did not.",
     ).tag(config=True)
 
     @validate("cache")

@@ -65,6 +65,14 @@ def llama() -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def tools_llama() -> Iterator[RunningServer]:
+    """The same, with a chat template that offers tools: it answers with real tool_calls."""
+    server = start_llama(mode="tools")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def thinking_llama() -> Iterator[RunningServer]:
     """The same, made to reason first: it streams reasoning_content, then the answer."""
     server = start_llama(mode="thinking")

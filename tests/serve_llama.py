@@ -8,7 +8,8 @@ real_servers.py). Modes: "plain"; "thinking", a chat template that opens a <thin
 and a grammar that makes the model write a thought, close it, then answer, which the
 server's reasoning parser turns into reasoning_content; "inline", the same thought written
 into the content (no template opening, no parser), as servers without a reasoning parser
-send it.
+send it; "tools", a chat template (smollm2-tools.jinja, Hermes-style <tool_call> JSON)
+with which llama.cpp answers tools with real tool_calls.
 """
 
 import importlib.util
@@ -61,6 +62,11 @@ def main() -> None:
         params.chat_template = TEMPLATE
         params.reasoning_format = xlc.common_reasoning_format.COMMON_REASONING_FORMAT_DEEPSEEK
         params.enable_reasoning = 1
+    elif mode == "tools":  # (a template that renders tools and tool calls: SmolLM2's does not)
+        params.use_jinja = True
+        template = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2-tools.jinja")
+        with open(template, encoding="utf-8") as file:
+            params.chat_template = file.read()
     elif mode == "inline":
         params.reasoning_format = xlc.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
     if mode in GRAMMARS:

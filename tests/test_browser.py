@@ -817,3 +817,36 @@ def test_a_cached_answer_shows_at_once_and_says_so(
     assert re.fullmatch(r"gpt-3\.5-turbo · cached: answered [\d-]+ [\d:]+ in [\d.]+ s · .*", footer)
     usage = notebook.run_and_wait(4)
     assert "1 answer came from the cache (FlowGptMagics.cache)" in usage
+
+
+def test_a_function_call_is_asked_in_the_input_box_then_folds_into_the_answer(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    notebook = open_notebook(
+        [
+            f"%config OpenAI.base_url = {base!r}",
+            "def add(a: int, b: int = 0) -> int:\n    return a + b",
+            '%%flowgpt -m openai:gpt-4o --tools add\n/call add {"a": 2, "b": 3}',
+        ]
+    )
+    notebook.run_and_wait(1)
+    notebook.run_and_wait(2)
+    notebook.run(3)
+    box = notebook.cell(3).locator(".jp-Stdin-input")
+    box.wait_for(timeout=30_000)
+    asked = notebook.output(3)  # (not "Waiting for openai:gpt-4o": it waits for you)
+    assert asked.splitlines() == [
+        "openai:gpt-4o asks to run add(a=2, b=3).",
+        "Run add(a=2, b=3)? [y/N]",
+    ]
+    notebook.screenshot("tools-asked.png", of_cell=3)
+    box.fill("y")
+    box.press("Enter")
+    wait_until(lambda: "first piece in" in notebook.output(3), 30, "the answer")
+    final = notebook.output(3)
+    notebook.screenshot("tools-answered.png", of_cell=3)
+    assert "1 function call" in final and "The tools said: «5»" in final
+    notebook.cell(3).locator("summary", has_text="1 function call").click()
+    assert "add(a=2, b=3) → 5 (" in notebook.output(3)
+    notebook.screenshot("tools-unfolded.png", of_cell=3)

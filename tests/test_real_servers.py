@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -454,3 +455,30 @@ async def test_a_connection_llama_cpp_closed_after_an_answer_is_not_a_retry(
             events = [event async for event in answer.events()]
             assert [e for e in events if isinstance(e, RetryNotice)] == []
             assert any(isinstance(e, str) for e in events)
+
+
+# -- the notebook's functions, called by a real model --------------------------------------
+
+
+def test_a_real_model_calls_a_notebook_function_and_answers_on_its_result(
+    shell: InteractiveShell, pointed_at: Any, tools_llama: RunningServer
+) -> None:
+    magics = pointed_at(tools_llama)
+    setup = (
+        "asked = []\n"
+        "def weather(city: str) -> str:\n"
+        '    """The weather in a city, today."""\n'
+        "    asked.append(city)\n"
+        "    return 'Sunny, 21 degrees'"
+    )
+    assert shell.run_cell(setup).error_in_exec is None
+    line = "-m openai:SmolLM2 -t 0 -p max_tokens=60 --tools weather --approve"
+    assert cell(shell, line, "What is the weather in Oslo?") is None
+    # llama.cpp's parser made the call of the model's <tool_call> text; the magic ran it in
+    # the notebook and sent its result back; the model answered on, in text.
+    (record,) = magics.conversation
+    (run,) = record.tool_runs
+    assert (run.name, run.outcome, run.result) == ("weather", "ran", "Sunny, 21 degrees")
+    assert len(run.id) >= 16 and shell.user_ns["asked"] == [json.loads(run.arguments)["city"]]
+    assert record.outcome == "complete" and record.answer.strip()
+    assert record.finish_reason in ("stop", "length") and not record.tool_calls

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..functions import tools_block
 from ..record import METADATA_KEY, Format, Record
 from .markdown import MarkdownBlocks, bold, live_blocks, nested_markdown, static_bundle
 from .text import TextView, retry_line
@@ -122,8 +123,14 @@ class ColumnsView:
             (record,) = records
             footer = record.footer() if self._footer and record.answer else None
             notice = record.notice() or record.error or _stopped(record)
+            calls = tools_block(record.tool_runs)
             bundle = static_bundle(
-                record.answer, self._format, footer, reasoning=record.reasoning, notice=notice
+                record.answer,
+                self._format,
+                footer,
+                reasoning=record.reasoning,
+                notice=notice,
+                calls=calls,
             )
             if "text/markdown" in bundle:  # (its title stays, as it was while it streamed)
                 bundle["text/markdown"] = f"{bold(record.model)}\n\n{bundle['text/markdown']}"
@@ -221,6 +228,7 @@ def several_bundle(records: list[Record], answer_format: Format, footer: bool) -
             record.footer() if footer and record.answer else None,
             reasoning=record.reasoning,
             notice=record.notice() or record.error,
+            calls=tools_block(record.tool_runs),
         )
         text = bundle.get("text/markdown") or f"<pre>{html.escape(bundle['text/plain'])}</pre>"
         # (The blank lines end the HTML blocks, so that the Markdown between is rendered.)

@@ -150,14 +150,16 @@ def static_bundle(
     *,
     reasoning: str = "",
     notice: str | None = None,
+    calls: str = "",
 ) -> dict[str, str]:
     """What a finished answer is saved as: Markdown, text, or a code block (as Markdown, so
     that frontends highlight it), always with plain text beside it; the footer under it,
     and under that a ``notice`` (an answer cut short). The model's ``reasoning`` comes
-    first, folded (an HTML ``<details>``); the plain text is the answer's alone."""
+    first, folded (an HTML ``<details>``), then the function ``calls`` it made (folded too);
+    the plain text is the answer's alone."""
     import html
 
-    if not text and not reasoning and not notice:
+    if not text and not reasoning and not notice and not calls:
         return {"text/plain": ""}  # (not an empty bundle, which exports warn about)
     under, marks = [], []  # the lines under the answer: as plain text, and as HTML
     if footer:
@@ -166,7 +168,7 @@ def static_bundle(
     if notice:
         under.append(f"■ {notice}")
         marks.append(html.escape(f"■ {notice}"))
-    folded = _folded(reasoning) if reasoning else ""
+    folded = _paragraphs(_folded(reasoning) if reasoning else "", calls)
     if answer_format in ("markdown", "json") and (indented := json_text(text)) is not None:
         # (JSON is data, not prose: as one highlighted block, however it was asked for.)
         ticks = "`" * max(3, _longest_run(indented, "`") + 1)

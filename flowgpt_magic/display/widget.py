@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..functions import tools_block
 from ..record import METADATA_KEY, Format
 from .markdown import live_blocks, static_bundle
 from .text import retry_line
@@ -200,6 +201,8 @@ class WidgetView:
 
                 clear_output()
             self._status.outputs = (_note(line),)
+        else:  # (now: what comes next may take long, as a question to the person does)
+            self._say(line)
 
     def _say(self, line: str) -> None:
         """Show ``line`` as the status line, now (a retry, a model loading, take seconds)."""
@@ -220,7 +223,12 @@ class WidgetView:
         text = record.answer
         footer = record.footer() if self._footer and text else None
         bundle = static_bundle(
-            text, self._format, footer, reasoning=record.reasoning, notice=record.notice()
+            text,
+            self._format,
+            footer,
+            reasoning=record.reasoning,
+            notice=record.notice(),
+            calls=tools_block(record.tool_runs),
         )
         metadata = {METADATA_KEY: record.to_json()}
         if not self._live:

@@ -41,7 +41,7 @@ def checked_messages(
         if not (
             isinstance(message, Mapping)
             and isinstance(message.get("role"), str)
-            and (parts or isinstance(message.get("content"), str))
+            and (parts or isinstance(message.get("content"), str) or _calls_only(message))
         ):
             raise InvalidRequestError(
                 f"messages[{index}] must be a dict with string 'role' and 'content', "
@@ -55,6 +55,15 @@ def checked_messages(
         if parts:
             _check_parts(message["content"], index, images)
     return messages
+
+
+def _calls_only(message: Mapping[str, Any]) -> bool:
+    """An assistant's message that asks for function calls, without text (OpenAI's)."""
+    return (
+        message.get("role") == "assistant"
+        and message.get("content") is None
+        and isinstance(message.get("tool_calls"), list)
+    )
 
 
 def _check_parts(parts: list[Any], index: int, images: str | Literal[False]) -> None:

@@ -126,6 +126,12 @@ class FlowGpt(Provider):
                 "it takes a prompt and a temperature alone. Nothing was sent. Ask an "
                 "OpenAI-compatible model (-m openai:MODEL) or the local one (-m local)."
             )
+        if "tools" in params:
+            raise InvalidRequestError(
+                "FlowGPT's protocol has no tools (--tools): it carries text alone. Nothing "
+                "was sent. Ask an OpenAI-compatible model (-m openai:MODEL) that calls "
+                "functions."
+            )
         if params:
             raise InvalidRequestError(
                 f"FlowGPT's protocol has no parameter {', '.join(params)}: it takes the "

@@ -66,7 +66,7 @@ class OpenAICompatible(Provider):
     default_model = "gpt-4o-mini"
     #: Shown when the server's own list (GET /models) cannot be had.
     models: ClassVar[list[str]] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "o4-mini"]
-    roles = ("system", "developer", "user", "assistant")
+    roles = ("system", "developer", "user", "assistant", "tool")
     images = True
     options = ("base_url", "api_key")
     endpoint_hint = _ENDPOINT_HINT
@@ -162,6 +162,17 @@ class OpenAICompatible(Provider):
         return sorted(str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e)
 
 
+#: What a message carries besides its role and content: the calls an assistant's asks for,
+#: and the call a tool's answers.
+_CALL_KEYS = ("tool_calls", "tool_call_id")
+
+
+def _wire(message: Mapping[str, Any]) -> dict[str, Any]:
+    wired = {"role": message["role"], "content": message["content"]}
+    wired.update((key, message[key]) for key in _CALL_KEYS if key in message)
+    return wired
+
+
 def chat_body(
     model: str, messages: Messages, temperature: float | None, params: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -185,7 +196,7 @@ def chat_body(
         usage |= params["stream_options"]
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "messages": [_wire(m) for m in messages],
         "stream": True,
         **params,
         "stream_options": usage,

@@ -133,8 +133,9 @@ def _excerpt(text: str, limit: int = 200) -> str:
 
 
 #: A prompt whose first line is ``/call NAME {"arg": ...}`` gets that function call back
-#: (OpenAI's dialect, when the request offers tools).
-CALL = "/call"
+#: (OpenAI's dialect, when the request offers tools); ``/call-again ...`` gets it again
+#: after every result, as a model that never stops calling.
+CALL, CALL_AGAIN = "/call", "/call-again"
 
 
 def tool_call(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -143,12 +144,17 @@ def tool_call(body: Mapping[str, Any]) -> tuple[str, str] | None:
     first tool, with an example of each argument its schema requires."""
     tools = body.get("tools")
     messages = body["messages"]
-    if not tools or body.get("tool_choice") == "none" or messages[-1]["role"] == "tool":
+    asked = next((m for m in reversed(messages) if m["role"] == "user"), messages[-1])
+    question = text_of(asked["content"] or "")
+    again = question.startswith(CALL_AGAIN + " ")
+    if not tools or body.get("tool_choice") == "none":
         return None
-    question = text_of(messages[-1]["content"] or "")
-    if question.startswith(CALL + " "):
-        name, _, arguments = question[len(CALL) + 1 :].partition(" ")
-        return name.strip(), arguments.strip() or "{}"
+    if messages[-1]["role"] == "tool" and not again:
+        return None
+    for command in (CALL_AGAIN, CALL):
+        if question.startswith(command + " "):
+            name, _, arguments = question[len(command) + 1 :].partition(" ")
+            return name.strip(), arguments.strip() or "{}"
     function = tools[0]["function"]
     schema = function.get("parameters") or {}
     examples: dict[str, object] = {
