@@ -559,6 +559,48 @@ def test_several_models_answer_side_by_side_and_stay_so(
     assert len({c["top"] for c in final}) == 1
 
 
+#: The text still held by widget views no longer on the page, after a garbage collection.
+DETACHED_WIDGET_TEXT = """function () {
+    return this.filter((node) => {
+        try { return !node.isConnected && !node.parentElement; } catch (e) { return false; }
+    }).filter((node) => String(node.className).includes("jupyter-widgets"))
+      .map((node) => node.textContent.length);
+}"""
+
+
+def test_the_tab_lets_go_of_answers_once_they_are_static(
+    open_notebook: Callable[[list[str]], Notebook], flowgpt_server: LocalServer
+) -> None:
+    flowgpt_server.state.options.delay = 0.002
+    flowgpt_server.state.options.min_pieces = 400  # ~2,000 characters: live, then static
+    base = flowgpt_server.url.removesuffix(PATH) + OPENAI_PATH
+    kinds = [
+        "%%flowgpt\nOne",
+        "%%flowgpt -m openai:gpt-4o -m gemini\nTwo",
+        "%%flowgpt -f text\nThree",
+    ]
+    notebook = open_notebook([f"%config OpenAI.base_url = {base!r}", *kinds, *kinds])
+    notebook.run_and_wait(1)
+    for index in range(2, 2 + 2 * len(kinds)):
+        notebook.run_and_wait(index)
+        wait_until(lambda: " · first piece in " in notebook.output(index), 10, "its footer")  # noqa: B023
+    cdp = notebook.page.context.new_cdp_session(notebook.page)
+    cdp.send("HeapProfiler.collectGarbage")
+    prototype = cdp.send("Runtime.evaluate", {"expression": "Element.prototype"})["result"]
+    elements = cdp.send("Runtime.queryObjects", {"prototypeObjectId": prototype["objectId"]})
+    held = cdp.send(
+        "Runtime.callFunctionOn",
+        {
+            "objectId": elements["objects"]["objectId"],
+            "functionDeclaration": DETACHED_WIDGET_TEXT,
+            "returnByValue": True,
+        },
+    )["result"]["value"]
+    # Before: every answer's rendered Markdown stayed in the tab, in the views of closed
+    # Output widgets (about 2,000 characters each), kept by their Layout and model.
+    assert sum(held) < 200, held
+
+
 def test_insert_adds_the_code_as_a_new_cell_below(
     open_notebook: Callable[[list[str]], Notebook],
 ) -> None:

@@ -140,9 +140,9 @@ def test_text_streams_coalesced_into_a_widget_then_stays_as_static_text(
     assert plain.startswith("".join(pieces) + "\n\n(gpt-3.5-turbo · first piece in ")
     assert " · 10,000 pieces · " in plain
     assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "text"
-    # A box, two Output widgets in it and the Layout they share (made once a kernel, kept);
-    # all but the Layout are closed.
-    assert (len(run.of_type("comm_open")), len(run.of_type("comm_close"))) == (4, 3)
+    # A box, two Output widgets in it and the Layout they share: all closed with the answer
+    # (a Layout left open keeps every view that used it alive in the frontend).
+    assert (len(run.of_type("comm_open")), len(run.of_type("comm_close"))) == (4, 4)
 
 
 def test_an_answer_complete_before_the_live_view_is_due_is_shown_once(
@@ -195,6 +195,26 @@ def test_markdown_streams_as_finished_blocks_and_one_growing_tail(
     assert data["text/markdown"].startswith(f"{markdown}\n\n<small><i>gpt-3.5-turbo · first ")
     assert data["text/plain"].startswith(f"{markdown}\n\n(gpt-3.5-turbo · first piece")
     assert answer["content"]["metadata"]["flowgpt_magic"]["format"] == "markdown"
+
+    # The frontend is to let go of the answer's widgets: each Output is emptied while its
+    # view is still on the page (JupyterLab keeps closed Output models and their views),
+    # then the static output replaces the box, then every widget opened is closed, its
+    # Layout too.
+    at = run.messages.index(answer)
+    emptied = {
+        m["content"]["comm_id"]
+        for m in run.messages[:at]
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("state") == {"outputs": []}
+    }
+    opened = {m["content"]["comm_id"]: m for m in run.of_type("comm_open")}
+    outputs = {
+        i
+        for i, m in opened.items()
+        if m["content"]["data"]["state"].get("_model_name") == "OutputModel"
+    }
+    assert len(outputs) == 2 and emptied == outputs
+    closed = [m["content"]["comm_id"] for m in run.messages[at:] if m["msg_type"] == "comm_close"]
+    assert sorted(closed) == sorted(opened)
 
 
 def test_interrupt_stops_the_answer_and_the_kernel_carries_on(

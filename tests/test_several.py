@@ -15,6 +15,7 @@ from kernels import Kernel, finish
 from messages import said
 
 from flowgpt_magic import AnswerInterrupted
+from flowgpt_magic.display.columns import CHUNK_CHARS
 from flowgpt_magic.magics import FlowGptMagics
 from flowgpt_magic.record import record_in
 from flowgpt_magic.server import OPENAI_PATH, PATH, LocalServer, offline_answer
@@ -172,9 +173,10 @@ def test_columns_stream_side_by_side_then_one_output_holds_every_answer(
     flowgpt_server.state.options.delay = 0.01
     run = finish(kc, kc.execute(f"%%flowgpt {THREE}\nSide by side?"))
     assert run.reply["status"] == "ok"
-    # One box, a column a model (a VBox of its name, its answer and its status line).
+    # One box, a column a model (a VBox of its name, its answer's chunks (a VBox) and its
+    # status line).
     opened = models_of(run)
-    assert opened.count("HBoxModel") == 1 and opened.count("VBoxModel") == 3
+    assert opened.count("HBoxModel") == 1 and opened.count("VBoxModel") == 6
     # No column captures the cell's output: no stream, no display message but the box.
     assert not run.of_type("stream") and len(run.of_type("display_data")) == 1
     (update,) = run.of_type("update_display_data")
@@ -185,6 +187,26 @@ def test_columns_stream_side_by_side_then_one_output_holds_every_answer(
         assert f"**{record.model}**\n\n{record.answer}\n\n<small><i>" in data["text/markdown"]
         assert f"── {record.model} ──\n{record.answer}\n\n(" in data["text/plain"]
     assert record_in(update["content"]) == records[0]  # (the one the conversation keeps)
+
+
+def test_a_long_answer_in_columns_is_sent_once_in_chunks_not_again_whole_per_update(
+    kernel: Kernel, flowgpt_server: LocalServer
+) -> None:
+    _km, kc = kernel
+    flowgpt_server.state.options.delay = 0.002
+    flowgpt_server.state.options.min_pieces = 6_000  # ~ 30,000 characters a model
+    run = finish(kc, kc.execute("%%flowgpt -m openai:gpt-4o -m gemini\nTell me a lot."), 120)
+    assert run.reply["status"] == "ok", run.reply
+    (update,) = run.of_type("update_display_data")
+    answers = [len(r["answer"]) for r in update["content"]["metadata"]["answers"]]
+    assert min(answers) > 25_000
+    states = [m["content"]["data"].get("state", {}) for m in run.of_type("comm_msg")]
+    sizes = [len(str(state["outputs"])) for state in states if state.get("outputs")]
+    # Each update carries one chunk (or the unfinished block), never the answer so far;
+    # in all, a few times the answers (the unfinished block goes again at each update),
+    # where appending to one Output sent them some 30 times.
+    assert max(sizes) < 3 * CHUNK_CHARS
+    assert sum(sizes) < 12 * sum(answers), (sum(sizes), sum(answers))
 
 
 def test_the_stop_button_stops_every_model(kernel: Kernel, flowgpt_server: LocalServer) -> None:

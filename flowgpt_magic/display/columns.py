@@ -5,7 +5,11 @@ streams after its cell has ended, from another thread, where nothing may be capt
 In Jupyter, one box holds a column a model: its name, its answer, its status line. Answers
 stream into their columns on one clock; no column captures the cell's output (several
 could not), so each column's finished Markdown blocks and unfinished block are set as
-its widgets' outputs. A column that ends shows its footer (or its one-line error) at
+its widgets' outputs. Setting an Output widget's outputs sends them all again and the
+frontend renders them all again, so the finished blocks go into chunks of at most about
+``CHUNK_CHARS`` characters, each an Output of its own: an update sends and renders one
+chunk, however long the answer, and the cost of an answer grows with its length, not
+with its square. A column that ends shows its footer (or its one-line error) at
 once; when all have, the box is replaced, in one update, by one static output with every
 answer, columns where the frontend keeps them (side by side in JupyterLab, one after the
 other elsewhere), and every record in its metadata.
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Seconds between two updates of the columns while answers stream.
 FLUSH_INTERVAL = 1 / 10
+#: Characters of finished blocks one chunk of a column holds before the next begins.
+CHUNK_CHARS = 2_000
 
 
 class ColumnsView:
@@ -70,9 +76,10 @@ class ColumnsView:
             return
         from IPython.display import display
 
-        from .widget import WIDGET_VIEW, _markdown, _shared_layout
+        from .widget import WIDGET_VIEW, _markdown
 
-        ipywidgets, layout = self._widgets, _shared_layout()
+        ipywidgets = self._widgets
+        self._layout = layout = ipywidgets.Layout()  # (one for the widgets that keep theirs)
         # (One Layout for the columns, one for the box: each Layout is a widget of its own.)
         self._layouts = (
             ipywidgets.Layout(flex="1 1 0", min_width="0", margin="0 1.5em 0 0"),
@@ -80,7 +87,7 @@ class ColumnsView:
         )
         boxes = []
         for column in self.columns:
-            column.answer = ipywidgets.Output(layout=layout)
+            column.answer = ipywidgets.VBox(layout=layout)  # (of chunks)
             column.status = ipywidgets.Output(outputs=(_line(column.waiting),), layout=layout)
             # (The title as the saved output has it: Markdown, rendered the same way.)
             title = ipywidgets.Output(outputs=(_markdown(bold(column.model)),), layout=layout)
@@ -139,9 +146,13 @@ class ColumnsView:
             bundle = several_bundle(records, self._format, self._footer)
             answers = [r.to_json() for r in records]
             metadata = {METADATA_KEY: answers[0], "answers": answers}
-        self._handle.update(bundle, raw=True, metadata=metadata)
-        for widget in (*self._parts, *self._layouts):
-            widget.close()
+        from .widget import let_go
+
+        chunks = [chunk for column in self.columns for chunk in column.answer.children]
+        let_go(
+            (*self._parts, *chunks, *self._layouts),
+            lambda: self._handle.update(bundle, raw=True, metadata=metadata),
+        )
 
 
 class _Column:
@@ -153,8 +164,9 @@ class _Column:
         self.pieces: list[str] = []
         self.extend = self.pieces.extend
         self.record: Record | None = None
-        self.answer: Any = None  # ipywidgets.Output, once the box is shown
+        self.answer: Any = None  # an ipywidgets.VBox of chunks, once the box is shown
         self.status: Any = None
+        self._chunk = ""  # the finished text in the last chunk
         self._blocks = live_blocks(box._format) or MarkdownBlocks()
         self._shown = 0
         self._thoughts = 0  # characters of reasoning
@@ -183,7 +195,7 @@ class _Column:
         self._blocks = live_blocks(self.box._format) or MarkdownBlocks()
         self._shown = 0
         if self.answer is not None:
-            self.answer.outputs = ()
+            self._set_chunks(())
             self.status.outputs = (_line(line),)
 
     def flush(self) -> None:
@@ -194,7 +206,7 @@ class _Column:
         self._shown = len(self.pieces)
         finished = self._blocks.feed(text)
         if finished:
-            self.answer.outputs = (*self.answer.outputs, _rendered("".join(finished), self.box))
+            self._append("".join(finished))
         tail = self._blocks.shown_tail
         self.status.outputs = (_rendered(tail, self.box),) if tail else ()
 
@@ -211,9 +223,32 @@ class _Column:
         if self.answer is not None:
             from .widget import _markdown
 
-            self.answer.outputs = (_finished(record.answer, self.box),) if record.answer else ()
+            self._set_chunks((_finished(record.answer, self.box),) if record.answer else ())
             self.status.outputs = (_markdown("\n\n".join(lines)),) if lines else ()
         self.box.column_finished()
+
+    def _append(self, text: str) -> None:
+        """Add finished blocks to the last chunk, or to a new one once it is full."""
+        chunks = self.answer.children
+        if chunks and len(self._chunk) < CHUNK_CHARS:
+            self._chunk += text
+            chunks[-1].outputs = (_rendered(self._chunk, self.box),)
+        else:
+            self._chunk = text
+            self.answer.children = (*chunks, self._output((_rendered(text, self.box),)))
+
+    def _set_chunks(self, outputs: tuple[dict[str, Any], ...]) -> None:
+        """The column's answer as one chunk holding ``outputs``, or none."""
+        from .widget import let_go
+
+        def replace() -> None:
+            self.answer.children = (self._output(outputs),) if outputs else ()
+
+        self._chunk = ""
+        let_go(self.answer.children, replace, layouts=False)  # (theirs is the box's)
+
+    def _output(self, outputs: tuple[dict[str, Any], ...]) -> Any:
+        return self.box._widgets.Output(outputs=outputs, layout=self.box._layout)
 
 
 def several_bundle(records: list[Record], answer_format: Format, footer: bool) -> dict[str, str]:

@@ -133,9 +133,13 @@ class ProgressBox:
         bundle = {"text/markdown": markdown, "text/plain": plain}
         metadata = {METADATA_KEY: _saved(tally)}
         if self._handle is not None:
-            self._handle.update(bundle, raw=True, metadata=metadata)
-            for widget in (self._box, self._bar, self._line):
-                widget.close()
+            from .widget import let_go
+
+            handle = self._handle
+            let_go(
+                (self._box, self._bar, self._line),
+                lambda: handle.update(bundle, raw=True, metadata=metadata),
+            )
 
 
 class TextProgress:

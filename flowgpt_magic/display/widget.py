@@ -31,6 +31,7 @@ from .text import retry_line
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable, Iterable
 
     from ..providers.events import RetryNotice
     from ..record import Record
@@ -89,8 +90,8 @@ class WidgetView:
 
         ipywidgets = self._widgets
         # The widgets share one Layout: each Layout is a widget of its own, with comm
-        # messages to open it, and these never change their layout.
-        layout = _shared_layout()
+        # messages to open and close it, and these never change their layout.
+        self._layout = layout = ipywidgets.Layout()
         self._answer = ipywidgets.Output(layout=layout)
         status = () if self.pieces else (_note(self._status_line),)
         self._status = ipywidgets.Output(outputs=status, layout=layout)
@@ -124,7 +125,7 @@ class WidgetView:
         """Put the reasoning above the answer: open, and capturing the cell's output until
         the answer starts (folded, if it has)."""
         ipywidgets = self._widgets
-        layout = _shared_layout()
+        layout = self._layout
         thoughts = "".join(self._thoughts)
         self._thoughts_shown = len(self._thoughts)
         output = ipywidgets.Output(outputs=(_stream(thoughts),), layout=layout)
@@ -246,9 +247,10 @@ class WidgetView:
         reasoning = () if self._reasoning is None else (self._reasoning, *self._reasoning.children)
         for output in reasoning[1:]:
             output.msg_id = ""  # (it captures still, if no answer came)
-        self._handle.update(bundle, raw=True, metadata=metadata)
-        for widget in (self._box, self._answer, self._status, *reasoning):
-            widget.close()
+        let_go(
+            (self._box, self._answer, self._status, *reasoning),
+            lambda: self._handle.update(bundle, raw=True, metadata=metadata),
+        )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -297,23 +299,42 @@ def _stream(text: str) -> dict[str, Any]:
 
 
 def _markdown(text: str) -> dict[str, Any]:
-    return {
-        "output_type": "display_data",
-        "data": {"text/markdown": text, "text/plain": text},
-        "metadata": {},
-    }
+    """An output of Markdown for a widget's state: only frontends with widgets show it, so
+    without the plain-text copy (half of every update's bytes)."""
+    return {"output_type": "display_data", "data": {"text/markdown": text}, "metadata": {}}
 
 
-_LAYOUT: Any = None
+def let_go(
+    widgets: Iterable[Any], replace: Callable[[], None] | None = None, layouts: bool = True
+) -> None:
+    """Empty the Outputs among ``widgets``, ``replace`` their view on the page (by the
+    static output), then close them all: so that the frontend lets go of what they showed.
 
-
-def _shared_layout() -> Any:
-    global _LAYOUT
-    if _LAYOUT is None or _LAYOUT.comm is None:  # made anew if it was closed
-        import ipywidgets
-
-        _LAYOUT = ipywidgets.Layout()
-    return _LAYOUT
+    In ipywidgets 8's JupyterLab manager (seen in heap snapshots, JupyterLab 4.6 and
+    Notebook 7) a closed Output's model stays reachable (its handler on the session's
+    kernelChanged signal is never disconnected), and so does each of its views, with the
+    rendered answer inside; an Output emptied while its view is still on the page leaves an
+    empty view behind, one emptied after keeps it all. A widget's Layout and Style are
+    widgets of their own that its close leaves open, each holding a view per widget view,
+    and that view's element: so they are closed with it (not with ``layouts`` false: a
+    Layout other widgets still on the page use).
+    """
+    widgets = list(widgets)
+    for widget in widgets:
+        if hasattr(widget, "msg_id") and widget.comm is not None:  # (an Output)
+            if widget.outputs:
+                widget.outputs = ()
+            else:  # (what it captured, which the kernel's side never held)
+                widget.send_state("outputs")
+    if replace is not None:
+        replace()
+    closed: set[int] = set()
+    for widget in widgets:
+        parts = (widget, getattr(widget, "layout", None), getattr(widget, "style", None))
+        for part in parts if layouts else (widget,):
+            if part is not None and id(part) not in closed:
+                closed.add(id(part))
+                part.close()
 
 
 def _current_msg_id() -> str:
