@@ -1,21 +1,24 @@
 """A server for benchmarks: answers any POST with one pre-encoded NDJSON answer of N pieces.
 
     python benchmarks/stream_server.py PIECES [RATE [PAUSE]]  # prints its URL, serves
+    python benchmarks/stream_server.py --text FILE 0 [RATE [PAUSE]]  # FILE's words as pieces
 
 It runs in its own process, so that the client being measured has a core of its own. With
 no RATE it writes the body in 64 KiB blocks as fast as it can, so that the server is never
 the bottleneck. With RATE (pieces a second) it waits PAUSE seconds (0.2 unless given), as a
-model does before its first word, then sends the pieces every 10 ms at that rate, and
-prints on stdout the wall-clock time at which it wrote the first piece ("first-piece
-TIME").
+model does before its first word, then sends the pieces at that rate (a write every 10 ms,
+or every 1/RATE s if longer), and prints on stdout the wall-clock time at which it wrote
+the first piece ("first-piece TIME").
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
+import re
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,9 +27,15 @@ def piece(index: int) -> str:
     return f"w{index} "
 
 
-def answer_body(pieces: int) -> bytes:
+def words(text: str) -> list[str]:
+    """``text`` cut as a model's tokens come, roughly: each word with the spaces after it."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def answer_body(pieces: int | list[str]) -> bytes:
+    texts = [piece(i) for i in range(pieces)] if isinstance(pieces, int) else pieces
     lines = [json.dumps({"event": "start", "data": {"model": "gpt-3.5-turbo"}})]
-    lines += [json.dumps({"event": "text", "data": piece(i)}) for i in range(pieces)]
+    lines += [json.dumps({"event": "text", "data": text}) for text in texts]
     lines.append(json.dumps({"event": "done"}))
     return ("\n".join(lines) + "\n").encode()
 
@@ -35,7 +44,7 @@ def expected_text(pieces: int) -> str:
     return "".join(piece(i) for i in range(pieces))
 
 
-async def main(pieces: int, rate: float | None, pause: float) -> None:
+async def main(pieces: int | list[str], rate: float | None, pause: float) -> None:
     body = answer_body(pieces)
     lines = body.splitlines(keepends=True)
 
@@ -49,10 +58,11 @@ async def main(pieces: int, rate: float | None, pause: float) -> None:
         else:
             await response.write(lines[0])  # the start event
             await asyncio.sleep(pause)
-            per_tick = max(1, round(rate / 100))
+            interval = max(0.01, 1 / rate)  # (a write at most every 10 ms)
+            per_tick = max(1, round(rate * interval))
             started = time.monotonic()
             for tick, start in enumerate(range(1, len(lines), per_tick)):
-                await asyncio.sleep(max(0.0, started + tick / 100 - time.monotonic()))
+                await asyncio.sleep(max(0.0, started + tick * interval - time.monotonic()))
                 await response.write(b"".join(lines[start : start + per_tick]))
                 if tick == 0:
                     print(f"first-piece {time.time()}", flush=True)
@@ -71,5 +81,11 @@ async def main(pieces: int, rate: float | None, pause: float) -> None:
 
 
 if __name__ == "__main__":
-    rate = float(sys.argv[2]) if len(sys.argv) > 2 else None
-    asyncio.run(main(int(sys.argv[1]), rate, float(sys.argv[3]) if len(sys.argv) > 3 else 0.2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pieces", type=int)
+    parser.add_argument("rate", type=float, nargs="?")
+    parser.add_argument("pause", type=float, nargs="?", default=0.2)
+    parser.add_argument("--text", type=Path, help="answer with this file's words instead")
+    args = parser.parse_args()
+    pieces = words(args.text.read_text()) if args.text else args.pieces
+    asyncio.run(main(pieces, args.rate, args.pause))
